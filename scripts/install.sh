@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up styleme3d-ns on a fresh CPU or CUDA machine: system libraries, a venv in .venv, the package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# open3d (nerfstudio's ply loading) needs libusb; ns-render writes videos with ffmpeg.
+need=()
+ldconfig -p 2>/dev/null | grep -q "libusb-1.0.so.0" || need+=(libusb-1.0-0)
+command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[test]"
+echo "styleme3d-ns installed in $(pwd)/.venv (activate with: source .venv/bin/activate)"

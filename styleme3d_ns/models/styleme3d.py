@@ -1,0 +1,137 @@
+"""Method `styleme3d` (paper 000): stylise a frozen splat's colours with a set of style experts.
+
+This file composes guidance modules; it holds no guidance maths itself. Experts present now:
+
+- SOS, the multi-scale Gram/perceptual loss (paper 000 "Simultaneously Optimized Scale"), on the packaged
+  ImageNet EfficientNet-Lite0 by default (real offline) or on VGG19 with user weights (the paper's layers).
+
+The total loss while stylising is paper 000's regularised form
+    L_align = lambda_prior * L_style + lambda_geo * L_recon
+with L_style the weighted sum of the active experts and L_recon the L1 to the training images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
+from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor
+
+from styleme3d_ns.data.style_image import load_style_image
+from styleme3d_ns.errors import UserInputError, exit_on_user_error
+from styleme3d_ns.guidance.colour_transfer import SH_C0, apply_colour_transfer_to_sh, fit_colour_transfer
+from styleme3d_ns.guidance.gram import GramStyleLoss, GramStyleLossConfig, gram_distance
+from styleme3d_ns.models.frozen_colour import FrozenColourSplatModel, FrozenColourSplatModelConfig
+
+
+@dataclass
+class StyleMe3DModelConfig(FrozenColourSplatModelConfig):
+    """StyleMe3D: colour-only stylisation of a splat from a style image (paper 000)."""
+
+    _target: type = field(default_factory=lambda: StyleMe3DModel)
+    style_image: Path | None = None
+    """Style reference image (PNG/JPG; greyscale and RGBA are converted to RGB). Without it (and without a base
+    checkpoint) the run only reconstructs the scene, which can then be stylised with --base-checkpoint."""
+    sos: GramStyleLossConfig = field(default_factory=GramStyleLossConfig)
+    """SOS expert: multi-scale Gram loss (paper 000). Backbone efficientnet-lite0 (packaged) or vgg19 (your weights)."""
+    lambda_prior: float = 1.0
+    """Weight of the style experts in L_align = lambda_prior L_style + lambda_geo L_recon (paper 000)."""
+    lambda_geo: float = 0.0
+    """Weight of the L1 reconstruction term against the training images in L_align (paper 000); 0 = off."""
+    colour_prematch: bool = True
+    """Before stylising, map the splat's colours to the style image's mean and covariance (StylizedGS)."""
+
+
+class StyleMe3DModel(FrozenColourSplatModel):
+    """Frozen-geometry splat whose colours follow the style experts."""
+
+    config: StyleMe3DModelConfig
+
+    def populate_modules(self) -> None:
+        # set before the base class runs: it freezes a loaded splat, which calls on_geometry_frozen
+        self.sos: GramStyleLoss | None = None
+        self._style_image: Tensor | None = None
+        super().populate_modules()
+
+    # ---------------------------------------------------------------- set-up (training only)
+    def get_training_callbacks(
+        self, training_callback_attributes: TrainingCallbackAttributes
+    ) -> list[TrainingCallback]:
+        callbacks = super().get_training_callbacks(training_callback_attributes)
+        with exit_on_user_error():
+            self._setup_experts()
+        if self.geometry_frozen:
+            self._prematch_colours()
+        return callbacks
+
+    def will_stylise(self) -> bool:
+        return self.config.style_image is not None
+
+    def _setup_experts(self) -> None:
+        if self.config.style_image is None:
+            if self.geometry_frozen:
+                raise UserInputError("no style image: pass --pipeline.model.style-image <painting.png>")
+            CONSOLE.log(
+                "No --pipeline.model.style-image: this run only reconstructs the scene (geometry never freezes); "
+                "stylise it afterwards with --pipeline.model.base-checkpoint <this run>"
+            )
+            return
+        self._style_image = load_style_image(self.config.style_image).to(self.device)
+        self.sos = GramStyleLoss(self.config.sos).to(self.device)
+        self.sos.set_style(self._style_image)
+        CONSOLE.log(
+            f"styleme3d experts: SOS on {self.config.sos.backbone} (weight {self.config.sos.weight}); "
+            "DSSD, CSD and 3DG-QA are not available in this version"
+        )
+
+    def on_geometry_frozen(self) -> None:
+        if self._style_image is not None:
+            self._prematch_colours()
+
+    def _prematch_colours(self) -> None:
+        """Move the palette to the style's once, before any style step (never again on resume)."""
+        untouched = torch.equal(self.features_dc.data, self.base_features_dc)
+        if not (self.config.colour_prematch and untouched and self.config.sh_degree > 0):
+            return
+        style_pixels = self._style_image[0].reshape(3, -1).T
+        colours = (0.5 + SH_C0 * self.features_dc.data).clamp(0.0, 1.0)
+        a, b = fit_colour_transfer(colours, style_pixels)
+        dc, rest = apply_colour_transfer_to_sh(self.features_dc.data, self.features_rest.data, a, b)
+        self.features_dc.data.copy_(dc)
+        self.features_rest.data.copy_(rest)
+        CONSOLE.log("Colour pre-match: splat palette mapped to the style image's mean and covariance")
+
+    # ---------------------------------------------------------------- losses
+    def get_outputs(self, camera) -> dict:  # noqa: ANN001 - nerfstudio Cameras
+        outputs = super().get_outputs(camera)
+        if self.training and self.stylising():
+            outputs["content_rgb"] = self.render_base(camera, outputs["background"])
+        return outputs
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> dict[str, Tensor]:  # noqa: ANN001
+        if not self.stylising():
+            return super().get_loss_dict(outputs, batch, metrics_dict)
+        render = outputs["rgb"].permute(2, 0, 1)[None]
+        content = outputs["content_rgb"].permute(2, 0, 1)[None]
+        terms = self.sos(render, self.step, content_images=content)
+        loss_dict = {"sos": self.config.lambda_prior * terms["loss"]}
+        if self.config.lambda_geo > 0:
+            gt = self.composite_with_background(self.get_gt_img(batch["image"]), outputs["background"])
+            loss_dict["recon"] = self.config.lambda_geo * torch.abs(gt - outputs["rgb"]).mean()
+        return loss_dict
+
+    def get_metrics_dict(self, outputs, batch) -> dict[str, Tensor]:  # noqa: ANN001
+        metrics = super().get_metrics_dict(outputs, batch)
+        if self.training and self.stylising() and self.sos is not None:
+            metrics["sos_scales"] = torch.tensor(float(len(self.sos.active_scales(self.step))))
+        return metrics
+
+    def get_image_metrics_and_images(self, outputs, batch):  # noqa: ANN001, ANN201
+        metrics, images = super().get_image_metrics_and_images(outputs, batch)
+        if self.sos is not None and self._style_image is not None:
+            render = outputs["rgb"].permute(2, 0, 1)[None]
+            metrics["gram_distance"] = float(gram_distance(render, self._style_image, self.sos.backbone))
+        return metrics, images

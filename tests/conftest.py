@@ -1,0 +1,113 @@
+"""Shared fixtures: a tiny synthetic scene, a short reconstruction, and an in-process training loop."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+
+SCENE_SIZE = 64
+RECON_STEPS = 300
+STYLE_STEPS = 60
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def scene_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 64x64, 16-view posed scene in nerfstudio's layout (built from scikit-image textures)."""
+    from styleme3d_ns.data.scene_builder import build_scene
+
+    return build_scene(
+        tmp_path_factory.mktemp("scene") / "scene",
+        num_views=16,
+        width=SCENE_SIZE,
+        height=SCENE_SIZE,
+        num_seed_points=2000,
+    )
+
+
+@pytest.fixture(scope="session")
+def style_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A style image from scikit-image's samples, written as PNG."""
+    import skimage.data
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("style") / "style.png"
+    Image.fromarray(skimage.data.immunohistochemistry()).save(path)
+    return path
+
+
+def styleme3d_config(data: Path, output_dir: Path, steps: int, **model_kwargs):  # noqa: ANN201
+    """The registered `styleme3d` TrainerConfig, pointed at `data`, CPU, no viewer."""
+    from styleme3d_ns.method_configs.styleme3d_config import styleme3d
+
+    config = replace(styleme3d.config)  # shallow: the nested configs below are replaced, never mutated
+    config.pipeline = replace(config.pipeline, model=replace(config.pipeline.model, **model_kwargs))
+    # as ns-train does with --data
+    config.pipeline.datamanager = replace(
+        config.pipeline.datamanager, data=data, dataparser=replace(config.pipeline.datamanager.dataparser)
+    )
+    config.data = data
+    config.output_dir = output_dir
+    config.vis = "tensorboard"
+    config.max_num_iterations = steps
+    config.steps_per_save = steps
+    config.steps_per_eval_image = 10**9
+    config.steps_per_eval_all_images = 10**9
+    config.machine = replace(config.machine, device_type="cpu")
+    config.set_timestamp()
+    return config
+
+
+def run_trainer(config) -> Path:  # noqa: ANN001
+    """Train in-process exactly as `ns-train` does; return the run's config.yml."""
+    config.save_config()
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    trainer.train()
+    return config.get_base_dir() / "config.yml"
+
+
+@pytest.fixture(scope="session")
+def base_run(scene_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """config.yml of a short CPU reconstruction of `scene_dir` (no style image: reconstruction only)."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    out = tmp_path_factory.mktemp("runs")
+    config = styleme3d_config(scene_dir, out, RECON_STEPS, reconstruct_steps=RECON_STEPS, warmup_length=100,
+                              refine_every=50, stop_split_at=250)  # fmt: skip
+    return run_trainer(config)
+
+
+@pytest.fixture(scope="session")
+def base_checkpoint(base_run: Path) -> Path:
+    """The newest step-*.ckpt of the base reconstruction."""
+    return sorted((base_run.parent / "nerfstudio_models").glob("step-*.ckpt"))[-1]
+
+
+@pytest.fixture(scope="session")
+def stylised_run(
+    scene_dir: Path, base_checkpoint: Path, style_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """config.yml of a short stylisation of the base run with the style image."""
+    digest = sha256(base_checkpoint)
+    config = styleme3d_config(
+        scene_dir,
+        tmp_path_factory.mktemp("styled"),
+        STYLE_STEPS,
+        base_checkpoint=base_checkpoint,
+        style_image=style_path,
+    )
+    run = run_trainer(config)
+    assert sha256(base_checkpoint) == digest, "the base checkpoint must never be modified"
+    return run

@@ -1,0 +1,122 @@
+"""The frozen-colour base model: loading, freezing, resuming, the colour fast path, stylisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from styleme3d_ns.models.checkpoint import GAUSSIAN_KEYS, load_gaussians
+from tests.conftest import STYLE_STEPS, sha256, styleme3d_config
+
+
+def _trainer(config):  # noqa: ANN001, ANN202
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    return trainer
+
+
+def test_colour_only_training_leaves_geometry_bit_identical(stylised_run: Path, base_checkpoint: Path) -> None:
+    base = load_gaussians(base_checkpoint)
+    styled = load_gaussians(stylised_run.parent)
+    for key in ("means", "scales", "quats", "opacities"):
+        assert torch.equal(base[key], styled[key]), f"{key} moved during colour-only training"
+    assert not torch.allclose(base["features_dc"], styled["features_dc"]), "colours did not change"
+    assert not torch.allclose(base["features_rest"], styled["features_rest"])
+
+
+def test_frozen_tensors_are_absent_from_optimisers(scene_dir: Path, base_checkpoint: Path, style_path: Path, tmp_path):  # noqa: ANN001
+    config = styleme3d_config(scene_dir, tmp_path, 1, base_checkpoint=base_checkpoint, style_image=style_path)
+    trainer = _trainer(config)
+    model = trainer.pipeline.model
+    assert set(trainer.optimizers.optimizers) == {"features_dc", "features_rest"}
+    assert [k for k in GAUSSIAN_KEYS if model.gauss_params[k].requires_grad] == ["features_dc", "features_rest"]
+    # the optimisers were built on the loaded tensors, not on a pre-load initialisation
+    base = load_gaussians(base_checkpoint)
+    assert torch.equal(model.means, base["means"])
+    held = trainer.optimizers.optimizers["features_dc"].param_groups[0]["params"][0]
+    assert held is model.gauss_params["features_dc"]
+
+
+def test_resume_with_load_dir_keeps_optimisers_on_the_model_tensors(
+    stylised_run: Path, scene_dir: Path, base_checkpoint: Path, style_path: Path, tmp_path: Path
+) -> None:
+    """Instruct-GS2GS issue #24: after --load-dir its optimiser kept pre-load tensors and edits were lost."""
+    loaded = load_gaussians(stylised_run.parent)
+    config = styleme3d_config(
+        scene_dir, tmp_path, STYLE_STEPS + 5, base_checkpoint=base_checkpoint, style_image=style_path
+    )
+    config.load_dir = stylised_run.parent / "nerfstudio_models"
+    trainer = _trainer(config)
+    model = trainer.pipeline.model
+    for name, optimiser in trainer.optimizers.optimizers.items():
+        assert optimiser.param_groups[0]["params"][0] is model.gauss_params[name]
+    assert torch.equal(model.features_dc.detach(), loaded["features_dc"])
+    trainer.train()
+    assert not torch.equal(model.features_dc.detach(), loaded["features_dc"]), "steps after resume were lost"
+    assert torch.equal(model.means.detach(), loaded["means"])
+
+
+def test_colour_fast_path_equals_rasterising(stylised_run: Path) -> None:
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(stylised_run, test_mode="val")
+    model = pipeline.model
+    model.train()
+    camera, _ = pipeline.datamanager.next_train(0)
+    model.config.colour_fast_path = True
+    fast, alpha_fast, _ = model.render_colours(camera, model.features_dc, model.features_rest)
+    assert model._use_fast_path(camera)
+    model.config.colour_fast_path = False
+    slow, alpha_slow, _ = model.render_colours(camera, model.features_dc, model.features_rest)
+    torch.testing.assert_close(fast, slow, atol=1e-6, rtol=0)
+    torch.testing.assert_close(alpha_fast, alpha_slow, atol=1e-6, rtol=0)
+
+
+def test_stylised_renders_are_closer_to_the_style(stylised_run: Path, base_run: Path, style_path: Path) -> None:
+    from styleme3d_ns.data.style_image import load_style_image
+    from styleme3d_ns.evaluation import render_eval_views
+    from styleme3d_ns.guidance.backbones import build_backbone
+    from styleme3d_ns.guidance.gram import gram_distance
+
+    backbone = build_backbone("efficientnet-lite0")
+    style = load_style_image(style_path)
+    before = gram_distance(render_eval_views(base_run).rgb.permute(0, 3, 1, 2), style, backbone).mean()
+    after = gram_distance(render_eval_views(stylised_run).rgb.permute(0, 3, 1, 2), style, backbone).mean()
+    assert after < 0.6 * before, f"Gram distance {before:.4g} -> {after:.4g}: not stylised"
+
+
+def test_missing_base_checkpoint_is_a_one_line_error(scene_dir: Path, style_path: Path, tmp_path: Path) -> None:
+    config = styleme3d_config(scene_dir, tmp_path, 1, base_checkpoint=tmp_path / "nope.ckpt", style_image=style_path)
+    with pytest.raises(SystemExit) as err:
+        _trainer(config)
+    message = str(err.value)
+    assert "nope.ckpt" in message and "\n" not in message and "base-checkpoint" in message
+
+
+def test_corrupt_base_checkpoint_is_a_one_line_error_and_untouched(scene_dir: Path, style_path: Path, tmp_path: Path):  # noqa: ANN001
+    bad = tmp_path / "step-000000100.ckpt"
+    bad.write_bytes(b"this is not a torch checkpoint")
+    digest = sha256(bad)
+    config = styleme3d_config(scene_dir, tmp_path / "out", 1, base_checkpoint=bad, style_image=style_path)
+    with pytest.raises(SystemExit) as err:
+        _trainer(config)
+    assert "corrupt" in str(err.value) and "\n" not in str(err.value)
+    assert sha256(bad) == digest
+
+
+def test_unreadable_style_image_is_a_one_line_error(scene_dir: Path, base_checkpoint: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "style.png"
+    bad.write_bytes(b"\x89PNG not really")
+    config = styleme3d_config(scene_dir, tmp_path / "out", 1, base_checkpoint=base_checkpoint, style_image=bad)
+    with pytest.raises(SystemExit) as err:
+        _trainer(config)
+    assert "style.png" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_data_dir_is_a_one_line_error(tmp_path: Path) -> None:
+    config = styleme3d_config(tmp_path / "no_such_scene", tmp_path / "out", 1)
+    with pytest.raises(SystemExit) as err:
+        _trainer(config)
+    assert "no_such_scene" in str(err.value) and "\n" not in str(err.value)
