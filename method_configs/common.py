@@ -9,9 +9,9 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.models.base_model import ModelConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
+from styleme3d_ns.method_configs.schedulers import FloatExponentialDecaySchedulerConfig
 
 from styleme3d_ns.data.dataparser import CheckedNerfstudioDataParserConfig
-from styleme3d_ns.method_configs.schedulers import FloatExponentialDecaySchedulerConfig
 
 
 def default_device() -> str:
@@ -48,7 +48,9 @@ def gaussian_optimizers(
         "quats": adam(quats_lr),
         "camera_opt": adam(
             1e-4,
-            FloatExponentialDecaySchedulerConfig(lr_final=5e-7, max_steps=max_steps, warmup_steps=1000, lr_pre_warmup=0),
+            FloatExponentialDecaySchedulerConfig(
+                lr_final=5e-7, max_steps=max_steps, warmup_steps=1000, lr_pre_warmup=0
+            ),
         ),
     }
 

@@ -14,8 +14,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 
 SCENE_SIZE = 64
-RECON_STEPS = 300
-STYLE_STEPS = 60
+RECON_STEPS = 500
+STYLE_STEPS = 150
 
 
 def sha256(path: Path) -> str:
@@ -101,13 +101,14 @@ def stylised_run(
 ) -> Path:
     """config.yml of a short stylisation of the base run with the style image."""
     digest = sha256(base_checkpoint)
+    from styleme3d_ns.method_configs.styleme3d_config import styleme3d
+
+    # a short run: a short fixed-scale SOS phase, then multi-scale (the method default is a quarter of 2800 steps)
+    sos = replace(styleme3d.config.pipeline.model.sos, pretrain_steps=STYLE_STEPS // 4)
     config = styleme3d_config(
-        scene_dir,
-        tmp_path_factory.mktemp("styled"),
-        STYLE_STEPS,
-        base_checkpoint=base_checkpoint,
-        style_image=style_path,
-    )
+        scene_dir, tmp_path_factory.mktemp("styled"), STYLE_STEPS, base_checkpoint=base_checkpoint,
+        style_image=style_path, sos=sos,
+    )  # fmt: skip
     run = run_trainer(config)
     assert sha256(base_checkpoint) == digest, "the base checkpoint must never be modified"
     return run

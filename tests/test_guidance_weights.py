@@ -25,6 +25,8 @@ def fake_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (repo / "snapshots" / "abc123" / "model.safetensors").write_bytes(b"weights")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # huggingface_hub reads HF_HUB_OFFLINE once at import (tests/conftest.py sets it for the whole session)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     return cache
 
 

@@ -316,11 +316,18 @@ class VGG19Features(FeatureBackbone):
 
 
 def build_backbone(
-    name: BackboneName, weights_path: str | Path | None = None, *, allow_random: bool = False
+    name: BackboneName,
+    weights_path: str | Path | None = None,
+    *,
+    allow_random: bool = False,
+    hint: str | None = None,
 ) -> FeatureBackbone:
-    """Construct a frozen backbone by name; ``weights_path=None`` uses its default weights location."""
+    """Construct a frozen backbone by name; ``weights_path=None`` uses its default weights location.
+
+    ``hint`` (e.g. the CLI flag that sets ``weights_path``) ends the missing-weights message of user-supplied weights.
+    """
     if name == "efficientnet-lite0":
         return EfficientNetLite0Features(weights_path, allow_random=allow_random)
     if name == "vgg19":
-        return VGG19Features(weights_path, allow_random=allow_random)
+        return VGG19Features(weights_path, allow_random=allow_random, hint=hint)
     raise ValueError(f"Unknown backbone '{name}'; choose 'efficientnet-lite0' or 'vgg19'.")

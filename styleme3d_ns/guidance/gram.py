@@ -124,10 +124,15 @@ class GramStyleLoss(Guidance):
 
     config: GramStyleLossConfig
 
-    def __init__(self, config: GramStyleLossConfig, backbone: FeatureBackbone | None = None) -> None:
-        """``backbone`` overrides ``config.backbone``/``backbone_weights`` (e.g. a shared or random test network)."""
+    def __init__(
+        self, config: GramStyleLossConfig, backbone: FeatureBackbone | None = None, weights_hint: str | None = None
+    ) -> None:
+        """``backbone`` overrides ``config.backbone``/``backbone_weights`` (e.g. a shared or random test network);
+        ``weights_hint`` says how the caller's user sets ``backbone_weights`` (for the missing-weights message)."""
         super().__init__(config)
-        self.backbone = backbone if backbone is not None else build_backbone(config.backbone, config.backbone_weights)
+        if backbone is None:
+            backbone = build_backbone(config.backbone, config.backbone_weights, hint=weights_hint)
+        self.backbone = backbone
         self.style_taps = (
             tuple(config.style_taps) if config.style_taps is not None else self.backbone.default_style_taps
         )

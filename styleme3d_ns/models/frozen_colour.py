@@ -368,6 +368,13 @@ class FrozenColourSplatModel(SplatfactoModel):
             return torch.clamp(rgb + (1 - alpha) * background, 0.0, 1.0)
 
     # ---------------------------------------------------------------- metrics
+    def get_metrics_dict(self, outputs, batch) -> dict[str, Tensor]:  # noqa: ANN001 - nerfstudio's signature
+        metrics = super().get_metrics_dict(outputs, batch)
+        if self.training:
+            # logged with the run so `styleme3d-eval` can report the cost of a run from its own logs
+            metrics["peak_memory_mb"] = torch.tensor(_peak_memory_mb(self.device))
+        return metrics
+
     def get_image_metrics_and_images(
         self, outputs: dict[str, Tensor], batch: dict[str, Tensor]
     ) -> tuple[dict[str, float], dict[str, Tensor]]:
@@ -379,6 +386,15 @@ class FrozenColourSplatModel(SplatfactoModel):
         if self.lpips is not None:
             metrics["lpips"] = float(self.lpips(gt, pred))
         return metrics, {"img": torch.cat([gt_rgb, predicted_rgb], dim=1)}
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process so far: CUDA allocations on GPU, resident set size on CPU (Linux), in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _lpips_if_available() -> torch.nn.Module | None:

@@ -1,0 +1,369 @@
+"""`styleme3d-eval`: score a stylised run against its base in one command (JSON + contact sheet).
+
+    styleme3d-eval --load-config outputs/scene/styleme3d/<ts>/config.yml --output metrics.json
+
+Every metric, its source paper and the published numbers to compare with are in docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import tyro
+from torch import Tensor
+
+from styleme3d_ns.errors import UserInputError, exit_on_user_error
+from styleme3d_ns.eval.consistency import (
+    DEFAULT_DEPTH_TOLERANCE,
+    PairError,
+    PinholeCamera,
+    ViewPair,
+    mean_defined,
+    pair_errors,
+    select_pairs,
+)
+from styleme3d_ns.eval.image_metrics import lpips_missing_note, mean_lpips, mean_psnr, mean_saturation, mean_ssim
+from styleme3d_ns.eval.orbit import orbit_cameras
+from styleme3d_ns.eval.render import CameraPool, RenderedViews, load_pipeline, render_views
+from styleme3d_ns.eval.run_logs import read_run_cost
+from styleme3d_ns.eval.sheet import contact_sheet
+from styleme3d_ns.eval.style_metrics import gram_scores, no_style_scores, unavailable_model_scores
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class EvalConfig:
+    """Score a stylised run against its base: content kept, style matched, multi-view consistency, cost.
+
+    Renders the run's held-out cameras (and their neighbours, for consistency) for the stylised and the base splat,
+    writes the metrics as JSON and a contact sheet (base | stylised | style per held-out view).
+    """
+
+    load_config: Path
+    """config.yml of the stylised run to score (as for ns-eval / ns-render)."""
+    output: Path = Path("metrics.json")
+    """Where to write the metrics JSON (written atomically: a temporary file, then renamed)."""
+    base_config: Path | None = None
+    """config.yml of the base run to compare with. Default: the colours the stylised run started from (its
+    base checkpoint's colours, kept inside the run), rendered on the same geometry, so no second run is needed."""
+    style_image: Path | None = None
+    """Style reference for the style metrics and the sheet. Default: the run's --pipeline.model.style-image."""
+    sheet: Path | None = None
+    """Contact sheet PNG. Default: next to --output, named <output stem>_sheet.png."""
+    max_views: int | None = None
+    """Score at most this many held-out views (default: all of them)."""
+    long_range_deg: float = 90.0
+    """Long-range consistency pairs each held-out view with the camera whose viewing direction is closest to this
+    many degrees away (short-range pairs use the nearest camera)."""
+    depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE
+    """Relative depth disagreement above which a warped pixel counts as occluded and is left out."""
+    portrait: bool = False
+    """Also compute portrait metrics (paper 001 Table 1): mean saturation over an orbit of --orbit-views renders."""
+    orbit_views: int = 120
+    """Renders in the portrait orbit (paper 001: 120 around the subject)."""
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def _check(config: EvalConfig) -> None:
+    """Reject option values that cannot give a meaningful score, one line each."""
+    if config.max_views is not None and config.max_views < 1:
+        raise UserInputError(f"--max-views must be at least 1 (got {config.max_views})")
+    if not 0 < config.long_range_deg <= 180:
+        raise UserInputError(f"--long-range-deg must be in (0, 180] degrees (got {config.long_range_deg})")
+    if config.depth_tolerance <= 0:
+        raise UserInputError(f"--depth-tolerance must be positive (got {config.depth_tolerance})")
+    if config.orbit_views < 1:
+        raise UserInputError(f"--orbit-views must be at least 1 (got {config.orbit_views})")
+
+
+def _style_reference(config: EvalConfig, run_config: Any) -> tuple[Tensor | None, Path | None, str | None]:
+    """The style image `[1, 3, H, W]`, its path, and why it is missing (None when present).
+
+    An explicit --style-image that cannot be read is the user's error; a path stored in the run's config that has
+    since moved only makes the style metrics null.
+    """
+    from styleme3d_ns.data.style_image import StyleImageError, load_style_image
+
+    if config.style_image is not None:
+        return load_style_image(config.style_image), config.style_image, None
+    stored = getattr(run_config.pipeline.model, "style_image", None)
+    if stored is None:
+        return None, None, "no style image: the run has none; pass --style-image PATH"
+    try:
+        return load_style_image(stored), Path(stored), None
+    except StyleImageError as err:
+        return None, Path(stored), f"the run's style image is not readable ({err}); pass --style-image PATH"
+
+
+def _base_cost(config: EvalConfig, base_info: dict[str, Any]) -> dict[str, Any]:
+    """Cost of the base run, from the logs of --base-config's run or of the run the base checkpoint came from."""
+    from styleme3d_ns.models.checkpoint import resolve_checkpoint
+
+    if config.base_config is not None:
+        return read_run_cost(config.base_config.parent)
+    checkpoint = base_info.get("base_checkpoint")
+    if checkpoint is None:
+        return {"cost_note": "the base was reconstructed inside this run: its cost is part of the run's"}
+    try:
+        # <run>/nerfstudio_models/step-*.ckpt
+        return read_run_cost(resolve_checkpoint(Path(checkpoint)).parent.parent)
+    except UserInputError as err:
+        return {"cost_note": f"base checkpoint no longer readable, so neither are its logs: {err}"}
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+def content_scores(base: RenderedViews, stylised: RenderedViews, lpips: torch.nn.Module | None) -> dict[str, Any]:
+    """Paper 000 Table 1: PSNR / SSIM / LPIPS of stylised vs base renders of the held-out views."""
+    content: dict[str, Any] = {
+        "psnr_db": mean_psnr(stylised.rgb, base.rgb),
+        "ssim": mean_ssim(stylised.rgb, base.rgb),
+        "lpips": mean_lpips(lpips, stylised.rgb, base.rgb) if lpips is not None else None,
+    }
+    if lpips is None:
+        content["lpips_note"] = lpips_missing_note()
+    return content
+
+
+def _range_summary(
+    pairs: list[ViewPair], base: list[PairError], stylised: list[PairError], pool: CameraPool
+) -> dict[str, Any]:
+    """Base vs stylised warped error of one range (short or long)."""
+    rmse_base = mean_defined([e.rmse for e in base])
+    rmse_stylised = mean_defined([e.rmse for e in stylised])
+    return {
+        "pairs": [
+            {
+                "target": pool.label(p.target),
+                "source": pool.label(p.source),
+                "angle_deg": p.angle_deg,
+                "rmse_base": b.rmse,
+                "rmse_stylised": s.rmse,
+                "valid_fraction": s.valid_fraction,
+            }
+            for p, b, s in zip(pairs, base, stylised, strict=True)
+        ],  # fmt: skip
+        "mean_angle_deg": mean_defined([p.angle_deg for p in pairs]),
+        "rmse_base": rmse_base,
+        "rmse_stylised": rmse_stylised,
+        "rmse_increase": None if rmse_base is None or rmse_stylised is None else rmse_stylised - rmse_base,
+        "valid_fraction": mean_defined([e.valid_fraction for e in stylised]),
+        "lpips_base": mean_defined([e.lpips for e in base]),
+        "lpips_stylised": mean_defined([e.lpips for e in stylised]),
+    }
+
+
+def _consistency(
+    base: RenderedViews,
+    stylised: RenderedViews,
+    pool: CameraPool,
+    ranges: dict[str, list[ViewPair]],
+    config: EvalConfig,
+    lpips: torch.nn.Module | None,
+) -> dict[str, Any]:
+    """StyleGaussian / SGSST short- and long-range warped error, base and stylised (each warped with its own depth)."""
+    cameras = {i: PinholeCamera.from_cameras(pool[i]) for i in stylised.camera_indices}
+    result: dict[str, Any] = {"depth_tolerance": config.depth_tolerance}
+    for name, pairs in ranges.items():
+        kw = {"depth_tolerance": config.depth_tolerance, "lpips": lpips}
+        errors_base = pair_errors(base, cameras, pairs, **kw)
+        errors_stylised = pair_errors(stylised, cameras, pairs, **kw)
+        result[name] = _range_summary(pairs, errors_base, errors_stylised, pool)
+    if lpips is None:
+        result["lpips_note"] = lpips_missing_note()
+    if not any(ranges.values()):
+        result["note"] = "the run has a single camera: no pair of views to compare"
+    return result
+
+
+def _portrait(config: EvalConfig, pool: CameraPool, stylised_model: Any, base_model: Any | None) -> dict[str, Any]:
+    """Paper 001 Table 1: mean saturation over an orbit of renders; identity similarity needs face models."""
+    orbit = orbit_cameras(pool.camera_to_worlds(), pool[0], config.orbit_views)
+    cams = [orbit[i : i + 1] for i in range(config.orbit_views)]
+    ids = list(range(config.orbit_views))
+    stylised, base = render_views(stylised_model, cams, ids, with_base=base_model is None)
+    if base_model is not None:
+        base, _ = render_views(base_model, cams, ids)
+    return {
+        "orbit_views": config.orbit_views,
+        "saturation_base": mean_saturation(base.rgb, base.alpha),
+        "saturation_stylised": mean_saturation(stylised.rgb, stylised.alpha),
+        "identity_similarity": None,
+        "identity_note": (
+            "not computed: identity similarity to the input photo needs face/identity models (paper 001 scores it "
+            "with CLIP; offline it will use packaged face models), which arrive with the sas-portrait issue"
+        ),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ output
+def _reject_nan(value: Any, where: str = "metrics") -> None:
+    """A NaN in the output is a bug, never a result: unavailable metrics are null with a note."""
+    if isinstance(value, float) and math.isnan(value):
+        raise RuntimeError(f"{where} is NaN")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _reject_nan(item, f"{where}.{key}")
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _reject_nan(item, f"{where}[{i}]")
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
+    """Write `data` as indented JSON via a temporary file and a rename, so readers never see half a file.
+
+    PSNR of identical images is written as `Infinity` (Python's json reads it back as inf); NaN is refused.
+    """
+    _reject_nan(data)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _sheet(config: EvalConfig, base: RenderedViews, stylised: RenderedViews, style: Tensor | None) -> Path:
+    path = config.sheet or config.output.with_name(f"{config.output.stem}_sheet.png")
+    extra = [style[0].permute(1, 2, 0)] if style is not None else []
+    rows = [[b, s, *extra] for b, s in zip(base.rgb, stylised.rgb, strict=True)]
+    return contact_sheet(rows, path)
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def _base_source(config: EvalConfig, run_config: Any) -> dict[str, Any]:
+    """Describe where the base comes from; refuse runs that have no base to compare with."""
+    model_config = run_config.pipeline.model
+    if config.base_config is not None:
+        return {"source": "base run", "config": str(config.base_config)}
+    checkpoint = getattr(model_config, "base_checkpoint", None)
+    if checkpoint is None and getattr(model_config, "style_image", None) is None:
+        raise UserInputError(
+            f"{config.load_config} is a reconstruction (no base checkpoint, no style image), so it has no base "
+            "colours to compare with; pass --base-config <base run config.yml>"
+        )
+    source = {
+        "source": "base colours stored in the run",
+        "base_checkpoint": None if checkpoint is None else str(checkpoint),
+    }
+    if getattr(model_config, "train_opacity", False):
+        source["note"] = "the run trained opacities: base renders use its trained opacities; pass --base-config"
+    return source
+
+
+def _load_base(config: EvalConfig, pool: CameraPool) -> Any:
+    """The base run's model, after checking it was trained on the same cameras."""
+    _, pipeline = load_pipeline(config.base_config)
+    base_pool = CameraPool.from_pipeline(pipeline)
+    same = len(base_pool) == len(pool) and torch.allclose(
+        base_pool.camera_to_worlds(), pool.camera_to_worlds(), atol=1e-4
+    )
+    if not same:
+        raise UserInputError(
+            f"the base run {config.base_config} was trained on other cameras than {config.load_config} (different "
+            "data or data-parser settings); its renders cannot be compared view by view"
+        )
+    return pipeline.model
+
+
+def _view_pairs(config: EvalConfig, pool: CameraPool) -> tuple[list[int], dict[str, list[ViewPair]]]:
+    """The held-out views to score, and their short- and long-range partners among all cameras."""
+    targets = list(range(pool.num_eval if config.max_views is None else min(config.max_views, pool.num_eval)))
+    c2ws = pool.camera_to_worlds()
+    ranges = {
+        "short_range": select_pairs(c2ws, targets, 0.0),
+        "long_range": select_pairs(c2ws, targets, config.long_range_deg),
+    }
+    return targets, ranges
+
+
+def _render_both(
+    model: Any, base_model: Any | None, cameras: list[Any], ids: list[int]
+) -> tuple[RenderedViews, RenderedViews]:
+    """Stylised and base renders of the same cameras: the base from its own run, or from the stored base colours."""
+    stylised, base = render_views(model, cameras, ids, with_base=base_model is None)
+    if base_model is not None:
+        base, _ = render_views(base_model, cameras, ids)
+    return stylised, base
+
+
+def evaluate(config: EvalConfig) -> dict[str, Any]:
+    """Render, score and write the JSON and contact sheet; returns the metrics as written."""
+    _check(config)
+    start = time.perf_counter()
+    run_config, pipeline = load_pipeline(config.load_config)
+    model, pool = pipeline.model, CameraPool.from_pipeline(pipeline)
+    if pool.num_eval == 0:
+        raise UserInputError(f"{config.load_config} has no evaluation (held-out) cameras to score")
+    base_info = _base_source(config, run_config)
+    targets, ranges = _view_pairs(config, pool)
+    ids = sorted({*targets, *(p.source for pairs in ranges.values() for p in pairs)})
+    base_model = _load_base(config, pool) if config.base_config is not None else None
+    stylised, base = _render_both(model, base_model, [pool[i] for i in ids], ids)
+    style, style_path, style_missing = _style_reference(config, run_config)
+    lpips = getattr(model, "lpips", None)
+
+    held_out_base, held_out_stylised = base.select(targets), stylised.select(targets)
+    style_scores = (
+        gram_scores(held_out_base.rgb, held_out_stylised.rgb, style)
+        if style is not None
+        else no_style_scores(style_missing)
+    )
+    metrics = {
+        "schema_version": SCHEMA_VERSION,
+        "run": str(config.load_config),
+        "base": base_info,
+        "style_image": None if style_path is None else str(style_path),
+        "views": {"held_out": [pool.label(i) for i in targets], "height_width": list(stylised.rgb.shape[1:3])},
+        "content": content_scores(held_out_base, held_out_stylised, lpips),
+        "style": {**style_scores, **unavailable_model_scores()},
+        "consistency": _consistency(base, stylised, pool, ranges, config, lpips),
+        "portrait": _portrait(config, pool, model, base_model) if config.portrait else None,
+        "cost": {"run": read_run_cost(config.load_config.parent), "base": _base_cost(config, base_info)},
+    }
+    sheet = _sheet(config, held_out_base, held_out_stylised, style)
+    metrics["sheet"] = str(sheet)
+    metrics["eval_seconds"] = time.perf_counter() - start
+    write_json_atomic(config.output, metrics)
+    return metrics
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    """A few lines for the terminal; the JSON holds everything."""
+    content, style, consistency = metrics["content"], metrics["style"], metrics["consistency"]
+    lines = [f"content: PSNR {content['psnr_db']:.2f} dB, SSIM {content['ssim']:.3f}, LPIPS {content['lpips']}"]
+    if style["gram_reduction"] is not None:
+        lines.append(
+            f"style: Gram distance {style['gram_distance_base']:.4g} -> {style['gram_distance_stylised']:.4g} "
+            f"(reduction {style['gram_reduction']:.2f})"
+        )
+    for name in ("short_range", "long_range"):
+        r = consistency[name]
+        if r["rmse_base"] is not None and r["rmse_stylised"] is not None:
+            lines.append(f"{name}: warped RMSE base {r['rmse_base']:.4f} -> stylised {r['rmse_stylised']:.4f}")
+    return "\n".join(lines)
+
+
+def main(config: EvalConfig) -> dict[str, Any]:
+    """Run the evaluation, turning user mistakes into one-line errors; print a summary."""
+    with exit_on_user_error("styleme3d-eval"):
+        metrics = evaluate(config)
+    print(_summary(metrics))
+    print(f"metrics: {config.output}\nsheet:   {metrics['sheet']}")
+    return metrics
+
+
+def entrypoint() -> None:
+    """Console script `styleme3d-eval`."""
+    main(tyro.cli(EvalConfig))
+
+
+if __name__ == "__main__":
+    entrypoint()
