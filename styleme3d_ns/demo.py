@@ -122,7 +122,7 @@ def main(config: DemoConfig) -> None:
         f"[demo] style distance (Gram, EfficientNet-Lite0) {style['gram_distance_base']:.4g} -> "
         f"{style['gram_distance_stylised']:.4g} ({100 * style['gram_reduction']:.0f}% closer); content "
         f"PSNR {content['psnr_db']:.1f} dB, SSIM {content['ssim']:.3f} vs the base on "
-        f"{metrics['views']['held_out']} held-out views"
+        f"{len(metrics['views']['held_out'])} held-out views"
     )
     print(f"[demo] base | stylised | style sheet: {sheet}")
     print(f"[demo] turntable video:               {video}")

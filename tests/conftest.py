@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +21,24 @@ STYLE_STEPS = 150
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny CPU workloads gain nothing from intra-op threads, and on a shared 2-core machine spinning OpenMP
+    workers made a 60-step optimisation ~50x slower; run single-threaded and restore the setting afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def effnet():  # noqa: ANN201 - EfficientNetLite0Features
+    """The packaged ImageNet EfficientNet-Lite0 feature network, built once."""
+    from styleme3d_ns.guidance.backbones import EfficientNetLite0Features
+
+    return EfficientNetLite0Features()
 
 
 @pytest.fixture(scope="session")

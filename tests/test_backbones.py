@@ -3,7 +3,6 @@ paper's relu layers; both are frozen yet pass gradients to the input image."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,20 +20,7 @@ from styleme3d_ns.guidance.backbones import (
 )
 from styleme3d_ns.guidance.weights import MissingWeightsError
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny CPU workloads gain nothing from intra-op threads, and on a shared 2-core machine spinning OpenMP
-    workers made a 60-step optimisation ~50x slower; run single-threaded and restore the setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def effnet() -> EfficientNetLite0Features:
-    return EfficientNetLite0Features()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -138,3 +138,41 @@ def test_missing_vgg_weights_is_a_one_line_error_naming_the_flag(
         _trainer(config)
     assert "VGG-19" in str(err.value) and "--pipeline.model.sos.backbone-weights" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_reconstruct_then_freeze_in_one_run(scene_dir: Path, style_path: Path, tmp_path: Path) -> None:
+    """No base checkpoint: splatfacto reconstruction (geometry moves), then geometry freezes and colours stylise."""
+    config = styleme3d_config(scene_dir, tmp_path, 30, reconstruct_steps=20, style_image=style_path)
+    trainer = _trainer(config)
+    model = trainer.pipeline.model
+    assert not model.geometry_frozen and "means" in trainer.optimizers.optimizers
+    start = model.means.detach().clone()
+    trainer.train()
+    assert model.geometry_frozen
+    assert not any(model.gauss_params[k].requires_grad for k in ("means", "scales", "quats", "opacities"))
+    assert not torch.equal(start, model.means.detach()), "reconstruction phase did not move the geometry"
+    assert not torch.equal(model.features_dc.detach(), model.base_features_dc), "stylisation phase did not run"
+
+
+def test_our_checkpoints_load_with_torchs_weights_only_default(stylised_run: Path) -> None:
+    """ns-render/ns-export/--load-dir call torch.load without weights_only; torch >= 2.6 then means weights_only."""
+    ckpt = sorted((stylised_run.parent / "nerfstudio_models").glob("step-*.ckpt"))[-1]
+    state = torch.load(ckpt, map_location="cpu")
+    assert "pipeline" in state and "optimizers" in state
+
+
+def test_colour_maps_are_rebuilt_when_geometry_changes(stylised_run: Path) -> None:
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    _, pipeline, _, _ = eval_setup(stylised_run, test_mode="val")
+    model = pipeline.model
+    model.train()
+    camera, _ = pipeline.datamanager.next_train(0)
+    before, _, _ = model.render_colours(camera, model.features_dc, model.features_rest)
+    with torch.no_grad():
+        model.means.add_(0.05)  # an in-place geometry edit, as an optimiser or densification would make
+    after, _, _ = model.render_colours(camera, model.features_dc, model.features_rest)
+    model.config.colour_fast_path = False
+    reference, _, _ = model.render_colours(camera, model.features_dc, model.features_rest)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, reference, atol=1e-6, rtol=0)

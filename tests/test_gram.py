@@ -3,8 +3,6 @@ end-to-end check that optimising pixels with it moves an image towards the style
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -13,20 +11,7 @@ from skimage import data
 from styleme3d_ns.guidance.backbones import EfficientNetLite0Features, VGG19Features
 from styleme3d_ns.guidance.gram import GramStyleLoss, GramStyleLossConfig, gram_distance, gram_matrix
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny CPU workloads gain nothing from intra-op threads, and on a shared 2-core machine spinning OpenMP
-    workers made a 60-step optimisation ~50x slower; run single-threaded and restore the setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def effnet() -> EfficientNetLite0Features:
-    return EfficientNetLite0Features()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
