@@ -12,6 +12,7 @@ eval mode (a trainer's ``.train()`` must not switch BatchNorm to batch statistic
 
 from __future__ import annotations
 
+import abc
 import importlib.resources
 import importlib.util
 import math
@@ -28,7 +29,7 @@ from styleme3d_ns.guidance.weights import MissingWeightsError, resolve_weights
 BackboneName = Literal["efficientnet-lite0", "vgg19"]
 
 
-class FeatureBackbone(nn.Module):
+class FeatureBackbone(nn.Module, abc.ABC):
     """Base: input normalisation, freezing, and the tap bookkeeping shared by all backbones."""
 
     name: str
@@ -72,9 +73,9 @@ class FeatureBackbone(nn.Module):
         if unknown:
             raise ValueError(f"Unknown taps {unknown} for {type(self).__name__}; valid taps: {list(self.tap_names)}.")
 
+    @abc.abstractmethod
     def forward(self, images: Tensor, taps: Sequence[str]) -> dict[str, Tensor]:
         """Return ``{tap: features [B, C_tap, ~H/s_tap, ~W/s_tap]}`` for images ``[B, 3, H, W]`` in [0, 1]."""
-        raise NotImplementedError
 
 
 # ------------------------------------------------------------------------------------------------ EfficientNet-Lite0
