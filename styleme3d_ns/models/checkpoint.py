@@ -39,9 +39,14 @@ def resolve_checkpoint(path: Path) -> Path:
 
 
 def _numpy_scalar_globals() -> list:
+    """The numpy types a pickled numpy float needs (numpy 2 moved them from numpy.core to numpy._core)."""
     import numpy as np
 
-    return [np._core.multiarray.scalar, np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.float32))]
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar
+    return [scalar, np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.float32))]
 
 
 def load_gaussians(path: Path) -> dict[str, Tensor]:
