@@ -27,7 +27,7 @@ def resolve_checkpoint(path: Path) -> Path:
         if not ckpts:
             raise UserInputError(
                 f"no step-*.ckpt checkpoint in {folder}; pass --pipeline.model.base-checkpoint "
-                "<run>/nerfstudio_models/step-XXXXXXXXX.ckpt from a finished splatfacto or styleme3d-ns run"
+                "<run>/nerfstudio_models/step-000030000.ckpt (say) from a finished splatfacto or styleme3d-ns run"
             )
         return ckpts[-1]
     if not path.exists():

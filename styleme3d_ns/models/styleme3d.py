@@ -153,5 +153,7 @@ class StyleMe3DModel(FrozenColourSplatModel):
                 CONSOLE.log(f"gram_distance metric off: {err}")
                 self._metric_reference = False
                 return None
-            self._metric_reference = (style, build_backbone("efficientnet-lite0").to(self.device))
+            shared = self.sos is not None and self.sos.backbone.name == "efficientnet-lite0"
+            backbone = self.sos.backbone if shared else build_backbone("efficientnet-lite0").to(self.device)
+            self._metric_reference = (style, backbone)
         return self._metric_reference or None
