@@ -70,7 +70,12 @@ def styleme3d_config(data: Path, output_dir: Path, steps: int, **model_kwargs): 
     """The registered `styleme3d` TrainerConfig, pointed at `data`, CPU, no viewer."""
     from styleme3d_ns.method_configs.styleme3d_config import styleme3d
 
-    config = replace(styleme3d.config)  # shallow: the nested configs below are replaced, never mutated
+    return method_config(styleme3d, data, output_dir, steps, **model_kwargs)
+
+
+def method_config(spec, data: Path, output_dir: Path, steps: int, **model_kwargs):  # noqa: ANN001, ANN201
+    """A registered method's TrainerConfig (`spec` a MethodSpecification), pointed at `data`, CPU, no viewer."""
+    config = replace(spec.config)  # shallow: the nested configs below are replaced, never mutated
     config.pipeline = replace(config.pipeline, model=replace(config.pipeline.model, **model_kwargs))
     # as ns-train does with --data
     config.pipeline.datamanager = replace(
@@ -86,6 +91,14 @@ def styleme3d_config(data: Path, output_dir: Path, steps: int, **model_kwargs): 
     config.machine = replace(config.machine, device_type="cpu")
     config.set_timestamp()
     return config
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(open_clip config JSON, checkpoint) of a tiny random CLIP, loaded through the real loader."""
+    from tests.tiny_clip import write_tiny_clip
+
+    return write_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 def run_trainer(config) -> Path:  # noqa: ANN001

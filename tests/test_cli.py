@@ -89,3 +89,34 @@ def test_ns_export_gaussian_splat_holds_the_stylised_colours(stylised_run: Path,
     np.testing.assert_allclose(xyz, splat["means"].numpy(), atol=1e-6)
     np.testing.assert_allclose(dc, splat["features_dc"].numpy(), atol=1e-6)
     assert torch.isfinite(splat["features_dc"]).all()
+
+
+def test_clip_splat_trains_from_the_cli_and_exports_its_colours(
+    scene_dir: Path, base_checkpoint: Path, tiny_clip: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from plyfile import PlyData
+
+    usage = ns("ns-train", "clip-splat", "--help")
+    assert usage.returncode == 0
+    for option in ("--pipeline.model.prompt", "--pipeline.model.mode", "--pipeline.model.k",
+                   "--pipeline.model.train-opacity", "--pipeline.model.clip.num-augs"):  # fmt: skip
+        assert option in usage.stdout
+    clip_config, clip_checkpoint = tiny_clip
+    proc = ns(
+        "ns-train", "clip-splat", "--data", str(scene_dir), "--output-dir", str(tmp_path), "--vis", "tensorboard",
+        "--machine.device-type", "cpu", "--max-num-iterations", "6", "--steps-per-save", "6",
+        "--experiment-name", "cli", "--timestamp", "t", "--pipeline.model.prompt", "a watercolor painting",
+        "--pipeline.model.base-checkpoint", str(base_checkpoint),
+        "--pipeline.model.clip.model-name", str(clip_config), "--pipeline.model.clip.pretrained", str(clip_checkpoint),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "clip-splat (finetune" in proc.stdout
+    run = tmp_path / "cli" / "clip-splat" / "t" / "config.yml"
+    proc = ns("ns-export", "gaussian-splat", "--load-config", str(run), "--output-dir", str(tmp_path / "ply"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    vertex = PlyData.read(str(tmp_path / "ply" / "splat.ply"))["vertex"]
+    splat = load_gaussians(run.parent)
+    base = load_gaussians(base_checkpoint)
+    dc = np.stack([vertex[f"f_dc_{i}"] for i in range(3)], axis=1)
+    np.testing.assert_allclose(dc, splat["features_dc"].numpy(), atol=1e-6)
+    assert not np.allclose(dc, base["features_dc"].numpy()), "the exported colours are the base's, not fine-tuned"

@@ -328,6 +328,7 @@ def test_styleme3d_eval_scores_a_stylised_run_end_to_end(
     from PIL import Image
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no AlexNet weights here, whatever the machine has
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))  # nor CLIP weights
     out, sheet = tmp_path / "out" / "metrics.json", tmp_path / "sheet.png"
     metrics = main(EvalConfig(load_config=stylised_run, output=out, sheet=sheet, portrait=True, orbit_views=4))
 
@@ -342,8 +343,8 @@ def test_styleme3d_eval_scores_a_stylised_run_end_to_end(
     assert content["lpips"] is None and ALEXNET_WEIGHTS in content["lpips_note"]
     assert style["gram_distance_stylised"] < style["gram_distance_base"]
     assert style["gram_reduction"] == pytest.approx(1 - style["gram_distance_stylised"] / style["gram_distance_base"])
-    for key in ("clip_style_similarity", "csd_similarity"):
-        assert style[key] is None and "Hugging Face cache" in style[key.replace("_similarity", "_note")]
+    assert style["csd_similarity"] is None and "Hugging Face cache" in style["csd_note"]
+    assert style["clip_style_similarity"] is None and "timm/vit_base_patch32_clip_224.openai" in style["clip_note"]
 
     short, long = metrics["consistency"]["short_range"], metrics["consistency"]["long_range"]
     for summary in (short, long):
@@ -378,3 +379,30 @@ def test_styleme3d_eval_help_documents_every_option() -> None:
                    "--long-range-deg", "--depth-tolerance", "--portrait", "--orbit-views"):  # fmt: skip
         assert option in proc.stdout
     assert "written atomically" in proc.stdout and "paper 001" in proc.stdout  # option docstrings reach --help
+
+
+def test_clip_scores_match_the_encoder_and_say_what_is_missing(tiny_clip: tuple[Path, Path]) -> None:
+    from styleme3d_ns.eval.style_metrics import clip_scores
+    from styleme3d_ns.guidance.clip_encoder import load_clip_encoder
+
+    generator = torch.Generator().manual_seed(0)
+    base, stylised = torch.rand(2, 3, 32, 32, 3, generator=generator)
+    style = torch.rand(1, 3, 40, 40, generator=generator)
+    config, checkpoint = (str(p) for p in tiny_clip)
+    scores = clip_scores(base, stylised, style=style, prompt="pop art", source_prompt="a photo",
+                         model_name=config, pretrained=checkpoint)  # fmt: skip
+    encoder = load_clip_encoder(config, checkpoint, hint="-")
+    with torch.no_grad():
+        e_base, e_styl = (encoder.encode_images(x.permute(0, 3, 1, 2)) for x in (base, stylised))
+        e_style = encoder.encode_images(style)[0]
+        text = encoder.encode_text(["pop art", "a photo"])
+    assert scores["clip_style_similarity"] == pytest.approx(float((e_styl @ e_style).mean()), abs=1e-6)
+    assert scores["clip_style_similarity_base"] == pytest.approx(float((e_base @ e_style).mean()), abs=1e-6)
+    assert scores["clip_text_score"] == pytest.approx(float((e_styl @ text[0]).mean()), abs=1e-6)
+    change = torch.nn.functional.normalize(e_styl - e_base, dim=-1)
+    direction = torch.nn.functional.normalize(text[0] - text[1], dim=-1)
+    assert scores["clip_directional_similarity"] == pytest.approx(float((change @ direction).mean()), abs=1e-5)
+    assert "clip_note" not in scores
+    no_prompt = clip_scores(base, stylised, style=style, prompt=None, source_prompt="a photo",
+                            model_name=config, pretrained=checkpoint)  # fmt: skip
+    assert no_prompt["clip_text_score"] is None and "no prompt" in no_prompt["clip_note"]

@@ -34,7 +34,7 @@ from styleme3d_ns.eval.orbit import orbit_cameras
 from styleme3d_ns.eval.render import CameraPool, RenderedViews, load_pipeline, render_views
 from styleme3d_ns.eval.run_logs import read_run_cost
 from styleme3d_ns.eval.sheet import contact_sheet
-from styleme3d_ns.eval.style_metrics import gram_scores, no_style_scores, unavailable_model_scores
+from styleme3d_ns.eval.style_metrics import clip_scores, gram_scores, no_style_scores, unavailable_model_scores
 
 SCHEMA_VERSION = 1
 
@@ -69,6 +69,14 @@ class EvalConfig:
     """Also compute portrait metrics (paper 001 Table 1): mean saturation over an orbit of --orbit-views renders."""
     orbit_views: int = 120
     """Renders in the portrait orbit (paper 001: 120 around the subject)."""
+    clip_model: str = "ViT-B-32"
+    """open_clip architecture for the CLIP scores (or an open_clip model config JSON)."""
+    clip_pretrained: str = "openai"
+    """open_clip tag looked up in the local Hugging Face cache, or a checkpoint file; missing = CLIP scores null."""
+    prompt: str | None = None
+    """Text the CLIP text/directional scores use. Default: the run's --pipeline.model.prompt (or style-prompt)."""
+    source_prompt: str = "a photo"
+    """Text describing the unstyled scene, for the CLIP directional similarity."""
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -323,7 +331,11 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         "style_image": None if style_path is None else str(style_path),
         "views": {"held_out": [pool.label(i) for i in targets], "height_width": list(stylised.rgb.shape[1:3])},
         "content": content_scores(held_out_base, held_out_stylised, lpips),
-        "style": {**style_scores, **unavailable_model_scores()},
+        "style": {
+            **style_scores,
+            **_clip(config, run_config, held_out_base, held_out_stylised, style),
+            **unavailable_model_scores(),
+        },
         "consistency": _consistency(base, stylised, pool, ranges, config, lpips),
         "portrait": _portrait(config, pool, model, base_model) if config.portrait else None,
         "cost": {"run": read_run_cost(config.load_config.parent), "base": _base_cost(config, base_info)},
@@ -335,6 +347,14 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     return metrics
 
 
+def _clip(config: EvalConfig, run_config: Any, base: RenderedViews, stylised: RenderedViews, style: Tensor | None):  # noqa: ANN202
+    """CLIP scores against the style image and the run's prompt (null with a note without CLIP weights)."""
+    model_config = run_config.pipeline.model
+    prompt = config.prompt or getattr(model_config, "prompt", None) or getattr(model_config, "style_prompt", None)
+    return clip_scores(base.rgb, stylised.rgb, style=style, prompt=prompt, source_prompt=config.source_prompt,
+                       model_name=config.clip_model, pretrained=config.clip_pretrained)  # fmt: skip
+
+
 def _summary(metrics: dict[str, Any]) -> str:
     """A few lines for the terminal; the JSON holds everything."""
     content, style, consistency = metrics["content"], metrics["style"], metrics["consistency"]
@@ -343,6 +363,15 @@ def _summary(metrics: dict[str, Any]) -> str:
         lines.append(
             f"style: Gram distance {style['gram_distance_base']:.4g} -> {style['gram_distance_stylised']:.4g} "
             f"(reduction {style['gram_reduction']:.2f})"
+        )
+    if style.get("clip_text_score") is not None:
+        lines.append(
+            f"CLIP text score {style['clip_text_score_base']:.3f} -> {style['clip_text_score']:.3f}, "
+            f"directional {style['clip_directional_similarity']:.3f}"
+        )
+    if style.get("clip_style_similarity") is not None:
+        lines.append(
+            f"CLIP style similarity {style['clip_style_similarity_base']:.3f} -> {style['clip_style_similarity']:.3f}"
         )
     for name in ("short_range", "long_range"):
         r = consistency[name]

@@ -3,13 +3,16 @@
 - Gram distance (Gatys et al.; paper 000's SOS expert measures style the same way) on the packaged
   EfficientNet-Lite0, always available offline. Reported for the base and the stylised renders; the relative
   reduction says how far stylisation moved the renders towards the style.
-- CLIP style similarity (paper 000 3DG-QA, paper 001 Table 1) and CSD similarity (paper 000's CSD expert) need
-  model weights that are not packaged; their scorers arrive with the issues that add those models, so for now
-  they are reported as null with a note, never as a made-up number.
+- CLIP scores (paper 001 Table 1 reports CLIP style x100; paper 002 optimises the CLIP text score): image-image
+  cosine to the style image, the text score against the run's prompt and StyleGAN-NADA's directional similarity.
+  They need CLIP weights (open_clip, local only); without them they are null with the loader's one-line reason,
+  never a made-up number.
+- CSD similarity (paper 000's CSD expert) needs the CSD ViT-L checkpoint; null with a note until it is present.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from styleme3d_ns.guidance.weights import hf_cache_dir
@@ -53,16 +56,74 @@ def no_style_scores(why: str) -> dict[str, float | str | None]:
     }
 
 
+def _mean_cosine(embeds: Tensor, target: Tensor) -> float:
+    return float((embeds @ target).mean())
+
+
+def clip_scores(
+    base_rgb: Tensor,
+    stylised_rgb: Tensor,
+    *,
+    style: Tensor | None,
+    prompt: str | None,
+    source_prompt: str,
+    model_name: str,
+    pretrained: str,
+) -> dict[str, float | str | None]:
+    """CLIP similarities of base and stylised views to the style image and/or the prompt.
+
+    Args:
+        base_rgb, stylised_rgb: `[V, H, W, 3]` in [0, 1].
+        style: `[1, 3, H_s, W_s]` in [0, 1] or None; prompt: the run's text prompt or None.
+        source_prompt: text for the unstyled scene (directional similarity).
+        model_name, pretrained: open_clip architecture (or config JSON) and tag (or checkpoint file).
+
+    Returns:
+        cosines in [-1, 1] (higher = closer): `clip_style_similarity[_base]` (to the style image),
+        `clip_text_score[_base]` (to the prompt), `clip_directional_similarity` (change of the image embedding vs
+        change of the text, StyleGAN-NADA); null ones are explained by `clip_note`.
+    """
+    from styleme3d_ns.guidance.clip_encoder import load_clip_encoder
+    from styleme3d_ns.guidance.weights import MissingWeightsError
+
+    scores: dict[str, float | str | None] = {
+        "clip_model": f"{model_name} ({pretrained})",
+        "clip_style_similarity_base": None,
+        "clip_style_similarity": None,
+        "clip_text_score_base": None,
+        "clip_text_score": None,
+        "clip_directional_similarity": None,
+    }
+    try:
+        encoder = load_clip_encoder(model_name, pretrained, hint="pass --clip-pretrained <checkpoint file>")
+    except MissingWeightsError as err:
+        scores["clip_note"] = f"not computed: {err}"
+        return scores
+    with torch.no_grad():
+        base = encoder.encode_images(base_rgb.permute(0, 3, 1, 2))
+        stylised = encoder.encode_images(stylised_rgb.permute(0, 3, 1, 2))
+        if style is not None:
+            target = encoder.encode_images(style)[0]
+            scores["clip_style_similarity_base"] = _mean_cosine(base, target)
+            scores["clip_style_similarity"] = _mean_cosine(stylised, target)
+        if prompt:
+            text = encoder.encode_text([prompt, source_prompt])
+            scores["clip_text_score_base"] = _mean_cosine(base, text[0])
+            scores["clip_text_score"] = _mean_cosine(stylised, text[0])
+            change = torch.nn.functional.normalize(stylised - base, dim=-1, eps=1e-8)
+            scores["clip_directional_similarity"] = _mean_cosine(
+                change, torch.nn.functional.normalize(text[0] - text[1], dim=-1)
+            )
+    missing = [w for w, ok in (("no style image", style is not None), ("no prompt", bool(prompt))) if not ok]
+    if missing:
+        scores["clip_note"] = f"{' and '.join(missing)}: those scores are null"
+    return scores
+
+
 def unavailable_model_scores() -> dict[str, str | None]:
-    """CLIP style and CSD similarity: null, each with the weights it would need and where they would be found."""
+    """CSD similarity: null, with the weights it would need and where they would be found."""
     cache = hf_cache_dir()
     return {
-        "clip_style_similarity": None,
-        "clip_style_note": (
-            "not computed: needs CLIP ViT weights (open_clip; paper 000's 3DG-QA uses CLIP ViT-B, paper 001 Table 1 "
-            f"reports CLIP style x100), found offline by styleme3d_ns.guidance.weights in a local path or the Hugging "
-            f"Face cache {cache}; the CLIP scorer comes with the clip-splat issue"
-        ),
         "csd_similarity": None,
         "csd_note": (
             "not computed: needs the CSD ViT-L style-descriptor checkpoint (Somepalli et al. 2024, paper 000's CSD "

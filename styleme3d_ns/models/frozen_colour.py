@@ -104,7 +104,9 @@ class FrozenColourSplatModel(SplatfactoModel):
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
         self._colour_maps: dict[tuple, ColourMap] = {}
         self.geometry_frozen = False
-        if base is not None:
+        self.loaded_base = base is not None
+        self._eval_camera: Cameras | None = None
+        if base is not None and self.freezes_geometry():
             self.freeze_geometry()
 
     def _read_base_checkpoint(self) -> dict[str, Tensor] | None:
@@ -193,6 +195,10 @@ class FrozenColourSplatModel(SplatfactoModel):
         names = [k for k in GAUSSIAN_KEYS if not (self.geometry_frozen and k in self.frozen_keys)]
         return {name: [self.gauss_params[name]] for name in names}
 
+    def freezes_geometry(self) -> bool:
+        """Whether geometry freezes at all (after load or reconstruction); joint optimisation modes say no."""
+        return True
+
     def will_stylise(self) -> bool:
         """Whether this run has what stylisation needs; if not, reconstruction simply continues."""
         return True
@@ -219,7 +225,8 @@ class FrozenColourSplatModel(SplatfactoModel):
 
     def step_cb(self, optimizers, step: int) -> None:  # noqa: ANN001 - nerfstudio's Optimizers
         super().step_cb(optimizers, step)
-        if not self.geometry_frozen and step >= self.config.reconstruct_steps and self.will_stylise():
+        ready = step >= self.config.reconstruct_steps and self.freezes_geometry() and self.will_stylise()
+        if not self.geometry_frozen and ready:
             CONSOLE.log(f"Step {step}: reconstruction done ({self.num_points} Gaussians); freezing geometry")
             self.freeze_geometry()
 
@@ -248,8 +255,8 @@ class FrozenColourSplatModel(SplatfactoModel):
     def _sh_degree_now(self) -> int | None:
         if self.config.sh_degree == 0:
             return None
-        if self.geometry_frozen:
-            return self.config.sh_degree  # a fixed base renders as it was reconstructed
+        if self.geometry_frozen or self.loaded_base:
+            return self.config.sh_degree  # a loaded or fixed base renders as it was reconstructed
         return min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
 
     def _colours(self, dc: Tensor, rest: Tensor) -> Tensor:
@@ -351,6 +358,8 @@ class FrozenColourSplatModel(SplatfactoModel):
         if self.crop_box is not None and not self.training and self.crop_box.within(self.means).sum() == 0:
             return self.get_empty_outputs(int(camera.width.item()), int(camera.height.item()), self.background_color)
         with_depth = self.config.output_depth_during_training or not self.training
+        if not self.training:
+            self._eval_camera = camera  # the view get_image_metrics_and_images scores next (content metrics)
         rgb, alpha, depth = self.render_colours(camera, self.features_dc, self.features_rest, with_depth=with_depth)
         background = self._get_background_color()
         rgb = torch.clamp(rgb + (1 - alpha) * background, 0.0, 1.0)
@@ -385,7 +394,14 @@ class FrozenColourSplatModel(SplatfactoModel):
         metrics = {"psnr": float(self.psnr(gt, pred).item()), "ssim": float(self.ssim(gt, pred))}
         if self.lpips is not None:
             metrics["lpips"] = float(self.lpips(gt, pred))
-        return metrics, {"img": torch.cat([gt_rgb, predicted_rgb], dim=1)}
+        images = {"img": torch.cat([gt_rgb, predicted_rgb], dim=1)}
+        camera, self._eval_camera = self._eval_camera, None
+        if self.geometry_frozen and camera is not None:
+            # what stylisation cost: the same view of the unstyled splat (styleme3d-eval reports the same numbers)
+            base = torch.moveaxis(self.render_base(camera, outputs["background"]), -1, 0)[None]
+            metrics["content_psnr"] = float(self.psnr(base, pred).item())
+            metrics["content_ssim"] = float(self.ssim(base, pred))
+        return metrics, images
 
 
 def _peak_memory_mb(device: torch.device) -> float:
