@@ -43,6 +43,8 @@ def test_ns_train_stylises_on_cpu(scene_dir: Path, base_checkpoint: Path, style_
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "SOS on efficientnet-lite0" in proc.stdout
+    for expert in ("DSSD off:", "CSD off:", "3DG-QA off:"):  # no weights here: each says why it is off
+        assert expert in proc.stdout
     assert list((tmp_path / "cli" / "styleme3d" / "t" / "nerfstudio_models").glob("step-*.ckpt"))
 
 

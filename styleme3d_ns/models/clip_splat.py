@@ -60,10 +60,13 @@ class ClipSplatModel(FrozenColourSplatModel):
     config: ClipSplatModelConfig
 
     def populate_modules(self) -> None:
-        self.clip_guidance: ClipTextGuidance | None = None
-        self.content_loss: PerceptualContentLoss | None = None
-        self.quality_prior: QualityPrior | None = None
         super().populate_modules()
+        self.set_guidance("clip_guidance", None)
+        self.set_guidance("content_loss", None)
+        self.set_guidance("quality_prior", None)
+        self.clip_guidance: ClipTextGuidance | None
+        self.content_loss: PerceptualContentLoss | None
+        self.quality_prior: QualityPrior | None
 
     # ---------------------------------------------------------------- mode
     def freezes_geometry(self) -> bool:
@@ -91,15 +94,15 @@ class ClipSplatModel(FrozenColourSplatModel):
                 "then fine-tuning the colours"
             )
         try:
-            self.clip_guidance = self._load_clip_guidance()
+            self.set_guidance("clip_guidance", self._load_clip_guidance())
             if cfg.quality.weight > 0:
                 hint = "pass --pipeline.model.quality.pretrained <open_clip ViT-B checkpoint file>"
-                self.quality_prior = QualityPrior.from_config(cfg.quality, self.device, hint)
+                self.set_guidance("quality_prior", QualityPrior.from_config(cfg.quality, self.device, hint))
         except (MissingWeightsError, ValueError) as err:
             raise UserInputError(str(err)) from err
         if cfg.content.weight > 0:
             hint = "pass --pipeline.model.content.backbone-weights <vgg19-dcbb9e9d.pth>"
-            self.content_loss = PerceptualContentLoss(cfg.content, hint=hint).to(self.device)
+            self.set_guidance("content_loss", PerceptualContentLoss(cfg.content, hint=hint).to(self.device))
         self._log_active_terms()
 
     def _prompt(self) -> str:
@@ -115,7 +118,7 @@ class ClipSplatModel(FrozenColourSplatModel):
         """The CLIP term for metrics; loaded on first use under ns-eval (no training set-up), None without weights."""
         if self.clip_guidance is None and not getattr(self, "_clip_unavailable", False) and self._prompt():
             try:
-                self.clip_guidance = self._load_clip_guidance()
+                self.set_guidance("clip_guidance", self._load_clip_guidance())
             except (MissingWeightsError, ValueError) as err:
                 CONSOLE.log(f"clip_score metrics off: {err}")
                 self._clip_unavailable = True

@@ -195,6 +195,14 @@ class FrozenColourSplatModel(SplatfactoModel):
         names = [k for k in GAUSSIAN_KEYS if not (self.geometry_frozen and k in self.frozen_keys)]
         return {name: [self.gauss_params[name]] for name in names}
 
+    def set_guidance(self, name: str, guidance: torch.nn.Module | None) -> None:
+        """Attach a frozen guidance network as a plain attribute, not a submodule.
+
+        A registered submodule would put its weights (hundreds of MB for CLIP or Stable Diffusion) into every
+        nerfstudio checkpoint and make runs depend on them when rendering or exporting; checkpoints hold the splat.
+        """
+        object.__setattr__(self, name, guidance)
+
     def freezes_geometry(self) -> bool:
         """Whether geometry freezes at all (after load or reconstruction); joint optimisation modes say no."""
         return True
