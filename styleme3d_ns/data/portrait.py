@@ -1,0 +1,330 @@
+"""Single-photo portrait data: one front camera on the head template, plus the orbit cameras guidance renders from.
+
+`ns-train sas-portrait --data portrait.jpg` trains from one photo (paper 001): this parser turns the photo into a
+square image seen by a front camera, and hands the model the head template (paper 001 sec. IV.A.1) as seed points.
+Every other view is generated: :func:`orbit_cameras` draws random training views around the head and
+:func:`turntable_cameras` gives the 120-view circle paper 001 scores (sec. IV.C, Table 1).
+
+Assumptions (the frame is :mod:`styleme3d_ns.data.head_template`'s: +y up, face toward +z, head centred on the
+origin, 1 unit chin to crown):
+
+- the photo is a roughly frontal, roughly centred portrait: it is centre-cropped to a square and treated as the
+  view of a camera on +z, at :data:`CAMERA_RADIUS` from the head's centre, looking at it, with vertical field of
+  view :data:`FOV_Y_DEG`; the head then fills ~55% of the image height, as a head-and-shoulders photo does;
+- there is no pose estimation, so the template is not fitted to the face (a later step may rescale it to a
+  detected face box); the guidance, not the photo, is what shapes the unseen sides.
+
+nerfstudio's `FullImageDatamanager` caches the one image and samples it every step; its eval split is the same image
+and camera (there is no held-out view of a single photo), so `ns-train`'s periodic eval reports a fit, not a
+generalisation score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from nerfstudio.cameras.cameras import Cameras, CameraType
+from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
+from nerfstudio.data.scene_box import SceneBox
+from nerfstudio.plugins.registry_dataparser import DataParserSpecification
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from styleme3d_ns.data.head_template import HEAD_CENTRE, NUM_TEMPLATE_POINTS, sample_head_template
+from styleme3d_ns.errors import UserInputError, exit_on_user_error
+
+FOV_Y_DEG = 49.1
+"""Vertical field of view of every portrait camera. Paper 001 gives none; this is DreamGaussian's (paper 001's base
+[35], configs/image.yaml `fovy`), itself Zero-1-to-3's rendering setting."""
+CAMERA_RADIUS = 2.0
+"""Distance from the head's centre to every camera. Paper 001 gives none; DreamGaussian's `radius`."""
+ELEVATION_RANGE_DEG = (-30.0, 30.0)
+"""Elevation range of random training views (degrees; positive = above the head's centre). Paper 001 gives none;
+DreamGaussian's `min_ver`/`max_ver`."""
+TURNTABLE_VIEWS = 120
+"""Paper 001 sec. IV.C: "we render a total of 120 rendered images around the circle" for Table 1."""
+WORLD_UP = (0.0, 1.0, 0.0)
+"""The template's up axis (+y, SMPL's)."""
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Cameras
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def look_at_c2w(eyes: Tensor, target: Tensor | tuple[float, float, float] = HEAD_CENTRE) -> Tensor:
+    """nerfstudio camera-to-world poses `[N, 3, 4]` (OpenGL: camera looks down its -z, +y up) at `eyes` `[N, 3]`.
+
+    Each camera looks at `target` `[3]` with its up vector in the plane of world +y (:data:`WORLD_UP`); eyes must not
+    be straight above or below the target.
+    """
+    eyes = torch.as_tensor(eyes, dtype=torch.float32).reshape(-1, 3)
+    target = torch.as_tensor(target, dtype=torch.float32)
+    back = eyes - target  # the camera's +z points away from what it looks at
+    back = back / back.norm(dim=-1, keepdim=True)
+    right = torch.linalg.cross(torch.tensor(WORLD_UP).expand_as(back), back, dim=-1)
+    if bool((right.norm(dim=-1) < 1e-6).any()):
+        raise ValueError("a camera straight above or below the target has no defined up direction")
+    right = right / right.norm(dim=-1, keepdim=True)
+    up = torch.linalg.cross(back, right, dim=-1)
+    return torch.stack([right, up, back, eyes], dim=-1)
+
+
+def orbit_poses(
+    azimuth_deg: Tensor,
+    elevation_deg: Tensor,
+    radius: float = CAMERA_RADIUS,
+    target: tuple[float, float, float] = HEAD_CENTRE,
+) -> Tensor:
+    """`[N, 3, 4]` c2w poses on a sphere around `target`, looking at it.
+
+    Args:
+        azimuth_deg: `[N]` degrees about +y; 0 is the front camera (on +z), 90 is on +x (the subject's left).
+        elevation_deg: `[N]` degrees above the horizontal plane through the target, in (-90, 90).
+        radius: distance to the target.
+        target: the point looked at (the head's centre).
+    """
+    azimuth = torch.deg2rad(torch.as_tensor(azimuth_deg, dtype=torch.float32).reshape(-1))
+    elevation = torch.deg2rad(torch.as_tensor(elevation_deg, dtype=torch.float32).reshape(-1))
+    direction = torch.stack(
+        [torch.cos(elevation) * torch.sin(azimuth), torch.sin(elevation), torch.cos(elevation) * torch.cos(azimuth)],
+        dim=-1,
+    )
+    target_t = torch.tensor(target, dtype=torch.float32)
+    return look_at_c2w(target_t + radius * direction, target_t)
+
+
+def portrait_cameras(c2w: Tensor, image_size: int, fov_deg: float = FOV_Y_DEG) -> Cameras:
+    """Square pinhole nerfstudio `Cameras [N]` for poses `[N, 3, 4]`: `image_size` pixels, `fov_deg` field of view."""
+    n = c2w.shape[0]
+    focal = 0.5 * image_size / math.tan(math.radians(fov_deg) / 2.0)
+    full = lambda value: torch.full((n, 1), float(value))
+    return Cameras(
+        camera_to_worlds=c2w.float(),
+        fx=full(focal),
+        fy=full(focal),
+        cx=full(image_size / 2.0),
+        cy=full(image_size / 2.0),
+        width=torch.full((n, 1), image_size, dtype=torch.long),
+        height=torch.full((n, 1), image_size, dtype=torch.long),
+        camera_type=CameraType.PERSPECTIVE,
+    )
+
+
+def front_camera(image_size: int = 512, fov_deg: float = FOV_Y_DEG, radius: float = CAMERA_RADIUS) -> Cameras:
+    """`Cameras [1]`: the photo's camera, on +z at `radius` from the head's centre, looking at it (no rotation)."""
+    return portrait_cameras(orbit_poses(torch.zeros(1), torch.zeros(1), radius), image_size, fov_deg)
+
+
+def orbit_cameras(
+    n: int,
+    elevation_range_deg: tuple[float, float] = ELEVATION_RANGE_DEG,
+    radius: float = CAMERA_RADIUS,
+    *,
+    image_size: int = 512,
+    fov_deg: float = FOV_Y_DEG,
+    azimuth_range_deg: tuple[float, float] = (-180.0, 180.0),
+    generator: torch.Generator | None = None,
+) -> Cameras:
+    """`Cameras [n]` at random views around the head: azimuth and elevation uniform in their ranges (degrees).
+
+    The default azimuth range is the full circle: the back of the head needs guidance too.
+    """
+    lo_el, hi_el = elevation_range_deg
+    if not -90.0 < lo_el <= hi_el < 90.0:
+        raise ValueError(f"elevation range must satisfy -90 < low <= high < 90 degrees, got {elevation_range_deg}")
+    lo_az, hi_az = azimuth_range_deg
+    azimuth = lo_az + (hi_az - lo_az) * torch.rand(n, generator=generator)
+    elevation = lo_el + (hi_el - lo_el) * torch.rand(n, generator=generator)
+    return portrait_cameras(orbit_poses(azimuth, elevation, radius), image_size, fov_deg)
+
+
+def turntable_cameras(
+    n: int = TURNTABLE_VIEWS,
+    elevation_deg: float = 0.0,
+    radius: float = CAMERA_RADIUS,
+    *,
+    image_size: int = 512,
+    fov_deg: float = FOV_Y_DEG,
+) -> Cameras:
+    """`Cameras [n]` evenly spaced in azimuth around the head, starting at the front camera (paper 001 sec. IV.C)."""
+    azimuth = torch.arange(n, dtype=torch.float32) * (360.0 / n)
+    return portrait_cameras(orbit_poses(azimuth, torch.full((n,), elevation_deg), radius), image_size, fov_deg)
+
+
+@dataclass(frozen=True)
+class PortraitRig:
+    """The camera settings of a portrait run, handed to the model in `metadata["portrait_rig"]`.
+
+    The model draws its guidance views from it, so they share the training image's intrinsics and distance.
+    """
+
+    image_size: int = 512
+    fov_deg: float = FOV_Y_DEG
+    radius: float = CAMERA_RADIUS
+    elevation_range_deg: tuple[float, float] = ELEVATION_RANGE_DEG
+
+    def front(self) -> Cameras:
+        """`Cameras [1]`: the training photo's camera."""
+        return front_camera(self.image_size, self.fov_deg, self.radius)
+
+    def random_views(self, n: int, generator: torch.Generator | None = None) -> Cameras:
+        """`Cameras [n]`: random views for guidance (:func:`orbit_cameras`)."""
+        return orbit_cameras(
+            n, self.elevation_range_deg, self.radius, image_size=self.image_size, fov_deg=self.fov_deg,
+            generator=generator,
+        )  # fmt: skip
+
+    def turntable(self, n: int = TURNTABLE_VIEWS, elevation_deg: float = 0.0) -> Cameras:
+        """`Cameras [n]`: the evaluation circle (:func:`turntable_cameras`)."""
+        return turntable_cameras(n, elevation_deg, self.radius, image_size=self.image_size, fov_deg=self.fov_deg)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The photo
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def find_portrait(path: Path) -> Path:
+    """The image file `path` names: the file itself, or the one image in a folder; else a one-line UserInputError."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserInputError(f"portrait image {path} does not exist; pass --data <photo.jpg>")
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise UserInputError(
+                f"{path} is a folder with no image ({', '.join(IMAGE_SUFFIXES)}); pass --data <photo.jpg>"
+            )
+        if len(images) > 1:
+            raise UserInputError(
+                f"{path} holds {len(images)} images ({images[0].name}, {images[1].name}, ...); sas-portrait trains "
+                "from one photo, pass it as --data <photo.jpg>"
+            )
+        path = images[0]
+    return path
+
+
+def load_portrait(path: str | Path, size: int) -> np.ndarray:
+    """The portrait photo as a square `[size, size, 3]` uint8 RGB array (EXIF-rotated, centre-cropped, resized).
+
+    Transparent pixels are composited over white (with a warning): a cut-out portrait's background becomes paper.
+
+    Raises:
+        UserInputError: missing path, a folder without exactly one image, or a file PIL cannot read.
+    """
+    path = find_portrait(Path(path))
+    try:
+        with Image.open(path) as img:
+            img.load()
+            image = ImageOps.exif_transpose(img)
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+        raise UserInputError(
+            f"portrait image {path} cannot be read as an image ({type(err).__name__}); pass a JPG or PNG photo"
+        ) from None
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        warnings.warn(f"Portrait image {path} has transparency: composited over white.", UserWarning, stacklevel=2)
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    image = image.convert("RGB")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    if side < size:
+        warnings.warn(f"Portrait image {path} is {side} px across; upscaled to {size}.", UserWarning, stacklevel=2)
+    if side != size:
+        image = image.resize((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+def write_square_crop(path: Path, size: int, cache_dir: Path | None = None) -> Path:
+    """Write :func:`load_portrait`'s square crop as a PNG named by the photo's content and `size`; return its path.
+
+    nerfstudio's dataset reads images from files, so the crop lives in `cache_dir` (default: a folder in the system
+    temp dir). The name is a content hash, so concurrent runs share the file and a changed photo gets a new one.
+    """
+    source = find_portrait(Path(path))
+    image = load_portrait(source, size)
+    folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "styleme3d-portrait"
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(image.tobytes()).hexdigest()[:16]
+    out = folder / f"{source.stem}-{size}px-{digest}.png"
+    if not out.is_file():
+        handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{out.stem}.", suffix=".png")
+        os.close(handle)
+        Image.fromarray(image).save(tmp)
+        os.replace(tmp, out)  # atomic: a concurrent reader sees the whole file or none
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# nerfstudio data parser
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PortraitDataParserConfig(DataParserConfig):
+    """One portrait photo, seen by a front camera aimed at a head template (paper 001)."""
+
+    _target: type = field(default_factory=lambda: PortraitDataParser)
+    data: Path = Path("portrait.jpg")
+    """The portrait photo (JPG/PNG), or a folder holding exactly one."""
+    image_size: int = 512
+    """Side in pixels of the square training image (centre crop of the photo, resized)."""
+    fov_deg: float = FOV_Y_DEG
+    """Vertical field of view of the photo's camera and every generated view (degrees)."""
+    camera_radius: float = CAMERA_RADIUS
+    """Distance from the head's centre to the cameras, in head heights (the template is 1 unit chin to crown)."""
+    elevation_range_deg: tuple[float, float] = ELEVATION_RANGE_DEG
+    """Elevation range (degrees) of the random views the model renders for guidance."""
+    num_template_points: int = NUM_TEMPLATE_POINTS
+    """Points sampled on the head template as the initial splat (paper 001 IV.A.1: 10,000)."""
+    template_seed: int = 0
+    """Seed of the template's point sample."""
+    cache_dir: Path | None = None
+    """Folder for the square crop nerfstudio reads (default: styleme3d-portrait/ in the system temp dir)."""
+
+
+class PortraitDataParser(DataParser):
+    """Every split is the one photo with its front camera; `metadata` carries the template and the camera rig.
+
+    metadata keys: ``points3D_xyz [N, 3]`` and ``points3D_rgb [N, 3]`` uint8 (nerfstudio's seed-point keys, so
+    splatfacto-style models start from the template), ``points3D_normals [N, 3]`` (outward), ``portrait_rig``
+    (:class:`PortraitRig`).
+    """
+
+    config: PortraitDataParserConfig
+
+    def _generate_dataparser_outputs(self, split: str = "train", **kwargs: object) -> DataparserOutputs:
+        cfg = self.config
+        with exit_on_user_error():
+            if cfg.image_size < 16:
+                raise UserInputError(f"--image-size {cfg.image_size} is too small; use 64 or more (default 512)")
+            if not 1.0 < cfg.fov_deg < 170.0:
+                raise UserInputError(f"--fov-deg {cfg.fov_deg} must be between 1 and 170 degrees (default 49.1)")
+            image_path = write_square_crop(cfg.data, cfg.image_size, cfg.cache_dir)
+        rig = PortraitRig(cfg.image_size, cfg.fov_deg, cfg.camera_radius, tuple(cfg.elevation_range_deg))
+        points, normals = sample_head_template(cfg.num_template_points, seed=cfg.template_seed)
+        # RGB 1/255, not 0: black sits on the clamp of SH colours where the colour gradient is exactly zero
+        rgb = torch.ones_like(points, dtype=torch.uint8)
+        return DataparserOutputs(
+            image_filenames=[image_path],
+            cameras=rig.front(),
+            scene_box=SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])),
+            metadata={"points3D_xyz": points, "points3D_rgb": rgb, "points3D_normals": normals, "portrait_rig": rig},
+        )
+
+
+styleme3d_portrait = DataParserSpecification(
+    config=PortraitDataParserConfig(),
+    description="one portrait photo (JPG/PNG) with a front camera on a head template, for sas-portrait",
+)

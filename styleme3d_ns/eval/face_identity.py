@@ -1,0 +1,314 @@
+"""Offline face identity: dlib's detector, 68/5-point landmarks and ResNet face descriptor (paper 001 identity).
+
+Paper 001 keeps the input's identity with InstantID (sec. III.B.1: an identity embedding plus a landmark ControlNet)
+and reports identity consistency over 120 turntable renders (sec. IV.C, Table 1). This module is the offline,
+packaged counterpart used for measuring it and for drawing landmark conditioning images:
+
+- detection: dlib's HOG frontal face detector (the highest-scoring face when there are several);
+- landmarks: dlib's 68-point shape predictor (iBUG 300-W layout);
+- identity: dlib's ResNet descriptor (``dlib_face_recognition_resnet_model_v1``, 128-d) on the face chip aligned by
+  the 5-point predictor; two faces are the same person when the descriptors are closer than 0.6 (Euclidean).
+
+Everything ships in two wheels, ``pip install dlib-bin face-recognition-models`` (~126 MB of model files); nothing is
+downloaded at run time. ``face_recognition_models`` is located without importing it: its ``__init__`` imports
+``pkg_resources``, which current setuptools no longer ships.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from styleme3d_ns.guidance.weights import MissingWeightsError
+
+INSTALL_HINT = "pip install dlib-bin face-recognition-models"
+SAME_PERSON_DISTANCE = 0.6
+"""dlib's threshold on the Euclidean distance of two ResNet descriptors: below it, the same person (dlib reports
+99.38% accuracy on LFW with it; face_recognition's default ``tolerance``)."""
+CHIP_SIZE = 150
+"""Side of the aligned face chip the ResNet descriptor is computed on (dlib's ``compute_face_descriptor``)."""
+CHIP_PADDING = 0.25
+"""Padding around the 5-point-aligned face in the chip (dlib's ``compute_face_descriptor`` default)."""
+DESCRIPTOR_DIM = 128
+"""Length of dlib's ResNet face descriptor."""
+
+# iBUG 300-W 68-point layout: (first, last) indices of each contour and whether it closes
+_CONTOURS_68 = (
+    (0, 16, False),  # jaw
+    (17, 21, False),  # brow (image left)
+    (22, 26, False),  # brow (image right)
+    (27, 30, False),  # nose bridge
+    (31, 35, False),  # nostrils
+    (36, 41, True),  # eye (image left)
+    (42, 47, True),  # eye (image right)
+    (48, 59, True),  # outer lips
+    (60, 67, True),  # inner lips
+)
+# InstantID's `draw_kps` (its ControlNet's conditioning image): colours per keypoint, limbs to the nose, stick width
+_KPS_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255))
+_KPS_LIMBS = ((0, 2), (1, 2), (3, 2), (4, 2))
+_KPS_STICK_WIDTH = 4
+
+
+class MissingFaceModelsError(MissingWeightsError):
+    """dlib or its packaged face models are not installed; the message is one line with the pip command."""
+
+
+class NoFaceError(ValueError):
+    """No face was found in an image that needed one; the message is one line."""
+
+
+class FaceBox(NamedTuple):
+    """A detected face: pixel box (right/bottom exclusive) and the detector's confidence."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+    score: float
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+
+class IdentitySimilarity(NamedTuple):
+    """How alike two faces are by dlib's descriptor."""
+
+    cosine: float
+    """Cosine similarity of the two descriptors (1 = identical direction)."""
+    distance: float
+    """Euclidean distance of the two descriptors (dlib's measure)."""
+    same_person: bool
+    """``distance < SAME_PERSON_DISTANCE`` (0.6)."""
+
+
+class ViewsIdentity(NamedTuple):
+    """Identity of a set of renders (e.g. a turntable) against one reference face."""
+
+    detected: float
+    """Fraction of views where a face was found (back views have none)."""
+    cosine: float
+    """Mean cosine similarity over the views with a face (nan if none)."""
+    distance: float
+    """Mean descriptor distance over the views with a face (nan if none)."""
+    same_person: float
+    """Fraction of the views with a face that are the same person (nan if none)."""
+
+
+def model_dir() -> Path:
+    """Folder of the packaged dlib model files (``face_recognition_models/models``), found without importing it."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingFaceModelsError(f"face identity needs the face-recognition-models package; run: {INSTALL_HINT}")
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+@functools.cache
+def _load_models() -> tuple[Any, Any, Any, Any]:
+    """dlib's detector, 68- and 5-point predictors and ResNet descriptor, loaded once per process (~1 s)."""
+    try:
+        import dlib
+    except ImportError:
+        raise MissingFaceModelsError(f"face identity needs dlib; run: {INSTALL_HINT}") from None
+    folder = model_dir()
+    files = {
+        "68": folder / "shape_predictor_68_face_landmarks.dat",
+        "5": folder / "shape_predictor_5_face_landmarks.dat",
+        "resnet": folder / "dlib_face_recognition_resnet_model_v1.dat",
+    }
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise MissingFaceModelsError(f"face model file {missing[0]} is missing; reinstall with: {INSTALL_HINT}")
+    return (
+        dlib.get_frontal_face_detector(),
+        dlib.shape_predictor(str(files["68"])),
+        dlib.shape_predictor(str(files["5"])),
+        dlib.face_recognition_model_v1(str(files["resnet"])),
+    )
+
+
+def as_uint8_rgb(image: Any) -> np.ndarray:
+    """`[H, W, 3]` C-contiguous uint8 from a numpy array or torch tensor `[H, W, 3]` (uint8, or float in [0, 1]).
+
+    `[H, W]` greyscale is repeated to three channels; a fourth (alpha) channel is dropped.
+    """
+    if hasattr(image, "detach"):  # torch tensor, without importing torch here
+        image = image.detach().cpu().numpy()
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"expected an image [H, W, 3], got shape {tuple(array.shape)}")
+    array = array[:, :, :3]
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ValueError(f"expected uint8 or float in [0, 1] pixels, got {array.dtype}")
+        array = np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+class FaceIdentity:
+    """dlib face detection, landmarks and identity descriptors on RGB images.
+
+    Args:
+        upsample: times the detector upsamples the image first; each halves the smallest findable face
+            (~80 px at 0, ~40 px at 1, face_recognition's default).
+        num_jitters: extra randomly jittered chips averaged into each descriptor (dlib: 0 fast, 100 ~1.5% better).
+
+    Raises:
+        MissingFaceModelsError: dlib or the packaged models are not installed (one line naming the pip command).
+    """
+
+    def __init__(self, upsample: int = 1, num_jitters: int = 0) -> None:
+        self.upsample = upsample
+        self.num_jitters = num_jitters
+        self._detector, self._predictor68, self._predictor5, self._resnet = _load_models()
+
+    # ------------------------------------------------------------------------------------------------ per image
+    def detect(self, image: Any) -> FaceBox | None:
+        """The most confident face in `image` `[H, W, 3]` (uint8, or float in [0, 1]), or None."""
+        rects, scores, _ = self._detector.run(as_uint8_rgb(image), self.upsample, 0.0)
+        if not rects:
+            return None
+        best = int(np.argmax(scores))
+        rect = rects[best]
+        return FaceBox(rect.left(), rect.top(), rect.right(), rect.bottom(), float(scores[best]))
+
+    def landmarks(self, image: Any, box: FaceBox | None = None) -> np.ndarray:
+        """`[68, 2]` float32 (x, y) pixel positions of the iBUG 68 landmarks of the face in `image` (or in `box`)."""
+        pixels = as_uint8_rgb(image)
+        shape = self._predictor68(pixels, self._rect(pixels, box))
+        return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+
+    def face_chip(self, image: Any, box: FaceBox | None = None) -> np.ndarray:
+        """`[150, 150, 3]` uint8 face aligned by the 5-point landmarks (what the descriptor sees)."""
+        import dlib
+
+        pixels = as_uint8_rgb(image)
+        shape = self._predictor5(pixels, self._rect(pixels, box))
+        return np.asarray(dlib.get_face_chip(pixels, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
+
+    def embedding(self, image: Any, box: FaceBox | None = None) -> np.ndarray:
+        """`[128]` float32 dlib ResNet descriptor of the face in `image`, from its 5-point-aligned chip.
+
+        Raises:
+            NoFaceError: no face detected (and no `box` given).
+        """
+        chip = self.face_chip(image, box)
+        return np.asarray(self._resnet.compute_face_descriptor(chip, self.num_jitters), dtype=np.float32)
+
+    def _rect(self, pixels: np.ndarray, box: FaceBox | None) -> Any:
+        import dlib
+
+        box = box if box is not None else self.detect(pixels)
+        if box is None:
+            raise NoFaceError(f"no face found in the {pixels.shape[1]}x{pixels.shape[0]} image")
+        return dlib.rectangle(box.left, box.top, box.right, box.bottom)
+
+    # ------------------------------------------------------------------------------------------------ comparisons
+    def _descriptor(self, image_or_embedding: Any) -> np.ndarray | None:
+        array = np.asarray(
+            image_or_embedding.detach().cpu() if hasattr(image_or_embedding, "detach") else image_or_embedding
+        )
+        if array.shape == (DESCRIPTOR_DIM,):
+            return array.astype(np.float32)
+        box = self.detect(array)
+        return None if box is None else self.embedding(array, box)
+
+    def identity_similarity(self, a: Any, b: Any) -> IdentitySimilarity | None:
+        """Compare two faces; each of `a`, `b` is an image `[H, W, 3]` or a precomputed `[128]` embedding.
+
+        Returns None when either image has no detectable face (the caller decides what a lost face scores).
+        """
+        ea, eb = self._descriptor(a), self._descriptor(b)
+        if ea is None or eb is None:
+            return None
+        distance = float(np.linalg.norm(ea - eb))
+        cosine = float(ea @ eb / max(float(np.linalg.norm(ea) * np.linalg.norm(eb)), 1e-12))
+        return IdentitySimilarity(cosine, distance, distance < SAME_PERSON_DISTANCE)
+
+    def views_identity(self, reference: Any, views: Iterable[Any]) -> ViewsIdentity:
+        """Identity of each view against `reference` (image or embedding), summarised; views without a face are
+        counted in `detected` only."""
+        reference = self._descriptor(reference)
+        if reference is None:
+            raise NoFaceError("no face found in the reference image")
+        scores = [self.identity_similarity(reference, view) for view in views]
+        found = [s for s in scores if s is not None]
+        if not scores:
+            raise ValueError("views_identity needs at least one view")
+        if not found:
+            return ViewsIdentity(0.0, float("nan"), float("nan"), float("nan"))
+        return ViewsIdentity(
+            detected=len(found) / len(scores),
+            cosine=float(np.mean([s.cosine for s in found])),
+            distance=float(np.mean([s.distance for s in found])),
+            same_person=float(np.mean([s.same_person for s in found])),
+        )
+
+
+# ---------------------------------------------------------------------------------------------------- drawing
+def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def landmark_image(landmarks: np.ndarray, size: int | tuple[int, int], thickness: int | None = None) -> np.ndarray:
+    """`[H, W, 3]` uint8: the 68 landmarks `[68, 2]` (x, y pixels) drawn as white contours and dots on black.
+
+    Jaw, brows, nose bridge and nostrils are open polylines; eyes and lips are closed. `size` is H (= W) or (H, W);
+    `thickness` defaults to 1 px per 256 px of the image's longer side.
+    """
+    import cv2
+
+    points = np.asarray(landmarks, dtype=np.float64)
+    if points.shape != (68, 2):
+        raise ValueError(f"expected [68, 2] landmarks, got shape {points.shape}")
+    height, width = _size_hw(size)
+    thickness = thickness or max(1, round(max(height, width) / 256))
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels = np.round(points).astype(np.int32)
+    for first, last, closed in _CONTOURS_68:
+        cv2.polylines(canvas, [pixels[first : last + 1].reshape(-1, 1, 2)], closed, (255, 255, 255), thickness)
+    for x, y in pixels:
+        cv2.circle(canvas, (int(x), int(y)), thickness + 1, (255, 255, 255), -1)
+    return canvas
+
+
+def instantid_keypoints(landmarks: np.ndarray) -> np.ndarray:
+    """`[5, 2]` InstantID/insightface keypoints from iBUG 68 landmarks `[68, 2]`: the two eye centres (image left,
+    then right), the nose tip, and the mouth corners (image left, then right)."""
+    points = np.asarray(landmarks, dtype=np.float32)
+    return np.stack([points[36:42].mean(0), points[42:48].mean(0), points[30], points[48], points[54]])
+
+
+def keypoint_image(keypoints: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """`[H, W, 3]` uint8: 5 keypoints `[5, 2]` drawn as InstantID's ``draw_kps`` does for its ControlNet.
+
+    Limbs from each keypoint to the nose (ellipses 4 px wide, colour of the keypoint, dimmed to 60%), then a
+    10 px dot per keypoint in its colour, on black.
+    """
+    import cv2
+
+    kps = np.asarray(keypoints, dtype=np.float64)
+    if kps.shape != (5, 2):
+        raise ValueError(f"expected [5, 2] keypoints, got shape {kps.shape}")
+    height, width = _size_hw(size)
+    canvas = np.zeros((height, width, 3), dtype=np.float64)
+    for start, end in _KPS_LIMBS:
+        x, y = kps[[start, end], 0], kps[[start, end], 1]
+        length = float(np.hypot(x[0] - x[1], y[0] - y[1]))
+        angle = np.degrees(np.arctan2(y[0] - y[1], x[0] - x[1]))
+        polygon = cv2.ellipse2Poly(
+            (int(np.mean(x)), int(np.mean(y))), (int(length / 2), _KPS_STICK_WIDTH), int(angle), 0, 360, 1
+        )
+        cv2.fillConvexPoly(canvas, polygon, _KPS_COLOURS[start])
+    canvas = (canvas * 0.6).astype(np.uint8)
+    for (x, y), colour in zip(kps, _KPS_COLOURS, strict=True):
+        cv2.circle(canvas, (int(x), int(y)), 10, colour, -1)
+    return canvas
