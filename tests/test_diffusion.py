@@ -189,6 +189,24 @@ def test_load_stable_diffusion_round_trips_a_diffusers_folder(sd: StableDiffusio
     torch.testing.assert_close(loaded.alphas_cumprod, sd.alphas_cumprod)
 
 
+def test_a_folder_without_unet_loads_with_load_unet_false_and_is_refused_otherwise(
+    sd: StableDiffusionComponents, tmp_path: Path
+) -> None:
+    """MVDream's case: SD 2.1-base supplies everything but the UNet."""
+    for name in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        getattr(sd, name).save_pretrained(tmp_path / name)
+    loaded = load_stable_diffusion(str(tmp_path), device="cpu", hint=SD_HINT, load_unet=False)
+    assert loaded.unet is None and loaded.device == torch.device("cpu") and loaded.dtype == torch.float32
+    assert not any(p.requires_grad for p in loaded.vae.parameters())
+    images = torch.rand(1, 3, TINY_RESOLUTION, TINY_RESOLUTION)
+    torch.testing.assert_close(loaded.encode_images(images), sd.encode_images(images))
+    torch.testing.assert_close(loaded.encode_text(["a house"]), sd.encode_text(["a house"]))
+    with pytest.raises(MissingWeightsError) as info:
+        load_stable_diffusion(str(tmp_path), device="cpu", hint=SD_HINT)
+    msg = str(info.value)
+    assert "\n" not in msg and "(missing unet)" in msg and SD_HINT in msg
+
+
 def test_incomplete_sd_folder_names_the_missing_parts(tmp_path: Path) -> None:
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "config.json").write_text("{}")

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from styleme3d_ns.eval.cli import EvalConfig, content_scores, evaluate, main, write_json_atomic
+from styleme3d_ns.eval.cli import EvalConfig, content_scores, evaluate, identity_scores, main, write_json_atomic
 from styleme3d_ns.eval.consistency import PinholeCamera, mean_defined, pair_errors, select_pairs, warp_to_view
 from styleme3d_ns.eval.image_metrics import ALEXNET_WEIGHTS, mean_saturation
 from styleme3d_ns.eval.orbit import orbit_poses
 from styleme3d_ns.eval.render import RenderedViews
 from styleme3d_ns.eval.run_logs import read_run_cost
+from styleme3d_ns.guidance.csd import CSD_REPO
 from tests.conftest import RECON_STEPS, STYLE_STEPS
 
 BIN = Path(sys.executable).parent
@@ -343,7 +344,7 @@ def test_styleme3d_eval_scores_a_stylised_run_end_to_end(
     assert content["lpips"] is None and ALEXNET_WEIGHTS in content["lpips_note"]
     assert style["gram_distance_stylised"] < style["gram_distance_base"]
     assert style["gram_reduction"] == pytest.approx(1 - style["gram_distance_stylised"] / style["gram_distance_base"])
-    assert style["csd_similarity"] is None and "Hugging Face cache" in style["csd_note"]
+    assert style["csd_similarity"] is None and CSD_REPO in style["csd_note"] and "--csd-weights" in style["csd_note"]
     assert style["clip_style_similarity"] is None and "timm/vit_base_patch32_clip_224.openai" in style["clip_note"]
 
     short, long = metrics["consistency"]["short_range"], metrics["consistency"]["long_range"]
@@ -353,7 +354,10 @@ def test_styleme3d_eval_scores_a_stylised_run_end_to_end(
     assert short["mean_angle_deg"] < 45 < long["mean_angle_deg"] < 120
 
     portrait = metrics["portrait"]
-    assert portrait["orbit_views"] == 4 and portrait["identity_similarity"] is None and portrait["identity_note"]
+    assert portrait["orbit_views"] == 4 and portrait["identity_reference"].endswith(".png")
+    # the fixture is a synthetic set with no face in its training photo: null, and the note says so
+    assert portrait["identity_similarity"] is None and portrait["identity_similarity_base"] is None
+    assert "no face found in the reference photo" in portrait["identity_note"]
     assert 0 < portrait["saturation_base"] < 100 and 0 < portrait["saturation_stylised"] < 100
 
     run_cost, base_cost = metrics["cost"]["run"], metrics["cost"]["base"]
@@ -406,3 +410,66 @@ def test_clip_scores_match_the_encoder_and_say_what_is_missing(tiny_clip: tuple[
     no_prompt = clip_scores(base, stylised, style=style, prompt=None, source_prompt="a photo",
                             model_name=config, pretrained=checkpoint)  # fmt: skip
     assert no_prompt["clip_text_score"] is None and "no prompt" in no_prompt["clip_note"]
+
+
+def test_csd_scores_are_the_csd_similarity_of_each_view_to_the_style(monkeypatch: pytest.MonkeyPatch) -> None:
+    import styleme3d_ns.guidance.csd as csd_module
+    from styleme3d_ns.eval.style_metrics import csd_scores
+    from tests.tiny_models import tiny_csd
+
+    model = tiny_csd(seed=0)
+    requested: list[str | None] = []
+    monkeypatch.setattr(csd_module, "load_csd", lambda path, **_: requested.append(path) or model)
+    generator = torch.Generator().manual_seed(0)
+    base, stylised = torch.rand(2, 3, 40, 48, 3, generator=generator)
+    style = torch.rand(1, 3, 36, 36, generator=generator)
+    scores = csd_scores(base, stylised, style, "my/csd")
+    assert requested == ["my/csd"] and "csd_note" not in scores
+    expected_base = csd_module.csd_similarity(model, base.permute(0, 3, 1, 2), style).mean()
+    expected = csd_module.csd_similarity(model, stylised.permute(0, 3, 1, 2), style).mean()
+    assert scores["csd_similarity_base"] == pytest.approx(float(expected_base), abs=1e-6)
+    assert scores["csd_similarity"] == pytest.approx(float(expected), abs=1e-6)
+    assert scores["csd_similarity"] != scores["csd_similarity_base"]
+    no_style = csd_scores(base, stylised, None, "my/csd")
+    assert no_style["csd_similarity"] is None and "no style image" in no_style["csd_note"] and requested == ["my/csd"]
+
+
+def test_identity_summary_counts_faces_and_matches_dlib_on_the_astronaut() -> None:
+    from skimage import data
+
+    from styleme3d_ns.eval.face_identity import SAME_PERSON_DISTANCE, FaceIdentity
+
+    face = FaceIdentity()
+    photo = data.astronaut()[::2, ::2]  # 256 px: her face is ~45 px, above the upsampled detector's ~40 px
+    as_float = torch.from_numpy(photo).float() / 255.0
+    shifted = torch.roll(as_float, (10, -15), dims=(0, 1))  # whole pixels: the very same face chip
+    mirrored = as_float.flip(1)
+    blank = torch.full_like(as_float, 0.5)
+    scores = identity_scores(photo, torch.stack([mirrored, blank]), torch.stack([as_float, shifted, blank]), face=face)
+    assert scores["identity_views_with_face_base"] == 2 and scores["identity_views_with_face"] == 1
+    assert scores["identity_similarity_base"] == pytest.approx(1.0, abs=1e-6)
+    assert scores["identity_distance_base"] == pytest.approx(0.0, abs=1e-5)
+    direct = face.identity_similarity(photo, mirrored)
+    assert scores["identity_similarity"] == pytest.approx(direct.cosine, abs=1e-6) and direct.cosine < 1.0
+    assert scores["identity_distance"] == pytest.approx(direct.distance, abs=1e-5)
+    assert direct.distance < SAME_PERSON_DISTANCE
+    assert "identity_note" not in scores
+
+    faceless_views = identity_scores(photo, torch.stack([blank]), face=face)
+    assert faceless_views["identity_views_with_face"] == 0 and faceless_views["identity_similarity"] is None
+    assert "no face found in any stylised orbit view" in faceless_views["identity_note"]
+    no_reference = identity_scores(np.zeros_like(photo), torch.stack([as_float]), face=face)
+    assert no_reference["identity_similarity"] is None and "reference photo" in no_reference["identity_note"]
+
+
+def test_identity_without_face_models_is_null_with_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import styleme3d_ns.eval.cli as cli
+    from styleme3d_ns.eval.face_identity import INSTALL_HINT, MissingFaceModelsError
+
+    def missing() -> None:
+        raise MissingFaceModelsError(f"face identity needs dlib; run: {INSTALL_HINT}")
+
+    monkeypatch.setattr(cli, "FaceIdentity", missing)
+    scores = identity_scores(np.zeros((8, 8, 3), np.uint8), torch.zeros(1, 8, 8, 3), torch.zeros(1, 8, 8, 3))
+    assert scores["identity_similarity"] is None and scores["identity_views_with_face_base"] is None
+    assert INSTALL_HINT in scores["identity_note"]

@@ -10,14 +10,13 @@ import pytest
 import torch
 
 import styleme3d_ns.guidance.sas as sas_module
-from styleme3d_ns.guidance.ip_adapter import ip_adapter_processors
+from styleme3d_ns.guidance.ip_adapter import ip_adapter_processors, merge_faceid_lora
 from styleme3d_ns.guidance.sas import (
     FACE_LANDMARK_CONTROLNET_REPO,
     IP_ADAPTER_FACEID_REPO,
     IP_ADAPTER_FACEID_SD15_FILE,
     SASConfig,
     StyleAlignedSamplingLoss,
-    merge_faceid_lora,
 )
 from styleme3d_ns.guidance.style_mapping import LatentStatistics, generate_style_latents, map_latents
 from styleme3d_ns.guidance.weights import MissingWeightsError

@@ -29,12 +29,14 @@ from styleme3d_ns.eval.consistency import (
     pair_errors,
     select_pairs,
 )
+from styleme3d_ns.eval.face_identity import FaceIdentity, MissingFaceModelsError
 from styleme3d_ns.eval.image_metrics import lpips_missing_note, mean_lpips, mean_psnr, mean_saturation, mean_ssim
 from styleme3d_ns.eval.orbit import orbit_cameras
 from styleme3d_ns.eval.render import CameraPool, RenderedViews, load_pipeline, render_views
 from styleme3d_ns.eval.run_logs import read_run_cost
 from styleme3d_ns.eval.sheet import contact_sheet
-from styleme3d_ns.eval.style_metrics import clip_scores, gram_scores, no_style_scores, unavailable_model_scores
+from styleme3d_ns.eval.style_metrics import clip_scores, csd_scores, gram_scores, no_style_scores
+from styleme3d_ns.guidance.csd import CSD_REPO
 
 SCHEMA_VERSION = 1
 
@@ -77,6 +79,9 @@ class EvalConfig:
     """Text the CLIP text/directional scores use. Default: the run's --pipeline.model.prompt (or style-prompt)."""
     source_prompt: str = "a photo"
     """Text describing the unstyled scene, for the CLIP directional similarity."""
+    csd_weights: str | None = CSD_REPO
+    """CSD ViT-L checkpoint for the CSD style similarity (paper 000's CSD expert): checkpoint.pth /
+    pytorch_model.bin, its folder, or a repo id in the local Hugging Face cache; missing = CSD scores null."""
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -191,23 +196,74 @@ def _consistency(
     return result
 
 
-def _portrait(config: EvalConfig, pool: CameraPool, stylised_model: Any, base_model: Any | None) -> dict[str, Any]:
-    """Paper 001 Table 1: mean saturation over an orbit of renders; identity similarity needs face models."""
+def identity_scores(
+    reference: Any, stylised_rgb: Tensor, base_rgb: Tensor | None = None, *, face: FaceIdentity | None = None
+) -> dict[str, Any]:
+    """Identity of orbit renders against the input photo, by dlib's 128-d face descriptor (paper 001 Table 1 "ID").
+
+    Args:
+        reference: the input photo `[H, W, 3]` (uint8, or float in [0, 1]).
+        stylised_rgb, base_rgb: orbit renders `[V, H, W, 3]` in [0, 1] (base optional).
+        face: a loaded :class:`FaceIdentity`; default: loaded here (missing packages make the scores null).
+
+    Returns:
+        per render set (`_base` suffix for the base): `identity_similarity` (mean cosine of the descriptors over the
+        views where a face is found; 1 = same direction), `identity_distance` (mean Euclidean distance, dlib's
+        measure: the same person below 0.6) and `identity_views_with_face` (count); `identity_note` says why
+        anything is null (no face models, no face in the photo or in any view).
+    """
+    sets = {"_base": base_rgb, "": stylised_rgb} if base_rgb is not None else {"": stylised_rgb}
+    scores: dict[str, Any] = {"identity_model": "dlib ResNet face descriptor (128-d), same person below 0.6"}
+    for suffix in sets:
+        scores.update({f"identity_{key}{suffix}": None for key in ("similarity", "distance", "views_with_face")})
+    try:
+        face = face if face is not None else FaceIdentity()
+    except MissingFaceModelsError as err:
+        scores["identity_note"] = f"not computed: {err}"
+        return scores
+    box = face.detect(reference)
+    if box is None:
+        scores["identity_note"] = "not computed: no face found in the reference photo"
+        return scores
+    descriptor = face.embedding(reference, box)
+    faceless = []
+    for suffix, views in sets.items():
+        summary = face.views_identity(descriptor, list(views))
+        count = round(summary.detected * len(views))
+        scores[f"identity_views_with_face{suffix}"] = count
+        if count:
+            scores[f"identity_similarity{suffix}"] = summary.cosine
+            scores[f"identity_distance{suffix}"] = summary.distance
+        else:
+            faceless.append("base" if suffix else "stylised")
+    if faceless:
+        scores["identity_note"] = f"no face found in any {' or '.join(faceless)} orbit view: those scores are null"
+    return scores
+
+
+def _training_photo(pipeline: Any) -> tuple[Tensor, str]:
+    """The run's first training image `[H, W, 3 or 4]` uint8 and its file: a portrait run's input photo."""
+    dataset = pipeline.datamanager.train_dataset
+    return dataset.get_image_uint8(0), str(dataset.image_filenames[0])
+
+
+def _portrait(
+    config: EvalConfig, pool: CameraPool, stylised_model: Any, base_model: Any | None, photo: tuple[Tensor, str]
+) -> dict[str, Any]:
+    """Paper 001 Table 1: mean saturation and identity to the input photo `photo` (image, file) over an orbit."""
     orbit = orbit_cameras(pool.camera_to_worlds(), pool[0], config.orbit_views)
     cams = [orbit[i : i + 1] for i in range(config.orbit_views)]
     ids = list(range(config.orbit_views))
     stylised, base = render_views(stylised_model, cams, ids, with_base=base_model is None)
     if base_model is not None:
         base, _ = render_views(base_model, cams, ids)
+    reference, reference_file = photo
     return {
         "orbit_views": config.orbit_views,
         "saturation_base": mean_saturation(base.rgb, base.alpha),
         "saturation_stylised": mean_saturation(stylised.rgb, stylised.alpha),
-        "identity_similarity": None,
-        "identity_note": (
-            "not computed: identity similarity to the input photo needs face/identity models (paper 001 scores it "
-            "with CLIP; offline it will use packaged face models), which arrive with the sas-portrait issue"
-        ),
+        "identity_reference": reference_file,
+        **identity_scores(reference, stylised.rgb, base.rgb),
     }
 
 
@@ -334,10 +390,10 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         "style": {
             **style_scores,
             **_clip(config, run_config, held_out_base, held_out_stylised, style),
-            **unavailable_model_scores(),
+            **csd_scores(held_out_base.rgb, held_out_stylised.rgb, style, config.csd_weights),
         },
         "consistency": _consistency(base, stylised, pool, ranges, config, lpips),
-        "portrait": _portrait(config, pool, model, base_model) if config.portrait else None,
+        "portrait": _portrait(config, pool, model, base_model, _training_photo(pipeline)) if config.portrait else None,
         "cost": {"run": read_run_cost(config.load_config.parent), "base": _base_cost(config, base_info)},
     }
     sheet = _sheet(config, held_out_base, held_out_stylised, style)
@@ -373,6 +429,8 @@ def _summary(metrics: dict[str, Any]) -> str:
         lines.append(
             f"CLIP style similarity {style['clip_style_similarity_base']:.3f} -> {style['clip_style_similarity']:.3f}"
         )
+    if style.get("csd_similarity") is not None:
+        lines.append(f"CSD style similarity {style['csd_similarity_base']:.3f} -> {style['csd_similarity']:.3f}")
     for name in ("short_range", "long_range"):
         r = consistency[name]
         if r["rmse_base"] is not None and r["rmse_stylised"] is not None:

@@ -7,15 +7,15 @@
   cosine to the style image, the text score against the run's prompt and StyleGAN-NADA's directional similarity.
   They need CLIP weights (open_clip, local only); without them they are null with the loader's one-line reason,
   never a made-up number.
-- CSD similarity (paper 000's CSD expert) needs the CSD ViT-L checkpoint; null with a note until it is present.
+- CSD similarity (paper 000's CSD expert): cosine of CSD ViT-L style descriptors (Somepalli et al. 2024) to the
+  style image, loaded offline by :func:`styleme3d_ns.guidance.csd.load_csd`; without the checkpoint it is null
+  with the loader's one-line reason.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-from styleme3d_ns.guidance.weights import hf_cache_dir
 
 GRAM_BACKBONE = "efficientnet-lite0"
 
@@ -120,14 +120,37 @@ def clip_scores(
     return scores
 
 
-def unavailable_model_scores() -> dict[str, str | None]:
-    """CSD similarity: null, with the weights it would need and where they would be found."""
-    cache = hf_cache_dir()
-    return {
+def csd_scores(
+    base_rgb: Tensor, stylised_rgb: Tensor, style: Tensor | None, weights: str | None
+) -> dict[str, float | str | None]:
+    """CSD style similarity of base and stylised views to the style image (paper 000's CSD expert as a metric).
+
+    Args:
+        base_rgb, stylised_rgb: `[V, H, W, 3]` in [0, 1].
+        style: `[1, 3, H_s, W_s]` in [0, 1], or None (then nothing is loaded).
+        weights: CSD checkpoint file, its folder, or a repo id in the local Hugging Face cache (never downloaded).
+
+    Returns:
+        `csd_similarity_base`, `csd_similarity`: cosine in [-1, 1] of the CSD style descriptors of each view and the
+        style image, averaged over views (higher = closer in style); null with `csd_note` when there is no style
+        image or no checkpoint (the loader's one-line reason).
+    """
+    from styleme3d_ns.guidance.csd import csd_similarity, default_csd_hint, load_csd
+    from styleme3d_ns.guidance.weights import MissingWeightsError
+
+    scores: dict[str, float | str | None] = {
+        "csd_weights": weights,
+        "csd_similarity_base": None,
         "csd_similarity": None,
-        "csd_note": (
-            "not computed: needs the CSD ViT-L style-descriptor checkpoint (Somepalli et al. 2024, paper 000's CSD "
-            f"expert), found offline in a local path or the Hugging Face cache {cache}; the scorer comes with the "
-            "CSD expert"
-        ),
     }
+    if style is None:
+        scores["csd_note"] = "no style image: the CSD scores are null"
+        return scores
+    try:
+        model = load_csd(weights, hint=default_csd_hint("--csd-weights"))
+    except MissingWeightsError as err:
+        scores["csd_note"] = f"not computed: {err}"
+        return scores
+    scores["csd_similarity_base"] = float(csd_similarity(model, base_rgb.permute(0, 3, 1, 2), style).mean())
+    scores["csd_similarity"] = float(csd_similarity(model, stylised_rgb.permute(0, 3, 1, 2), style).mean())
+    return scores

@@ -4,7 +4,8 @@ Components, not pipelines: a guidance needs the UNet, the VAE, the text encoder/
 nothing of a pipeline's sampling loop. The pieces here are the ones every SDS-style loss repeats:
 
 * :class:`StableDiffusionComponents` + :func:`load_stable_diffusion`: the five components loaded offline from a local
-  diffusers folder or the Hugging Face cache (a missing model is one :class:`MissingWeightsError` line).
+  diffusers folder or the Hugging Face cache (a missing model is one :class:`MissingWeightsError` line); with
+  ``load_unet=False`` the UNet is neither required nor read (MVDream brings its own).
 * :class:`TimestepSchedule`: the window ``[t_min, t_max]`` timesteps are drawn from, optionally annealed over steps
   (paper 000 DSSD: ``[0.02 T, 0.75 T]`` shrinking during training) or switched at a step (paper 001: ``U(0.02, 0.98)``
   for the first 1000 steps, ``U(0.02, 0.5)`` after).
@@ -37,7 +38,8 @@ DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 """Hugging Face repo id of Stable Diffusion 1.5 (the base model of IP-Adapter ``ip-adapter_sd15.bin``)."""
 
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-"""Subfolders of a diffusers Stable Diffusion folder that :func:`load_stable_diffusion` reads."""
+"""Subfolders of a diffusers Stable Diffusion folder that :func:`load_stable_diffusion` reads (all but ``unet`` with
+``load_unet=False``)."""
 
 SdsWeighting = Literal["sds", "uniform"]
 
@@ -51,9 +53,10 @@ class StableDiffusionComponents:
 
     All image tensors are ``[B, 3, H, W]`` in [0, 1]; latents are ``[B, 4, H / f, W / f]`` with ``f`` the VAE's
     downsampling factor (8 for SD 1.5) and already multiplied by ``vae.config.scaling_factor`` (0.18215 for SD 1.5).
+    ``unet`` is None when loaded with ``load_unet=False`` until the caller sets its own (MVDream).
     """
 
-    unet: UNet2DConditionModel
+    unet: UNet2DConditionModel | None
     vae: AutoencoderKL
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
@@ -61,14 +64,19 @@ class StableDiffusionComponents:
     _alphas_cumprod: Tensor | None = field(default=None, init=False, repr=False)
 
     @property
+    def _networks(self) -> list[torch.nn.Module]:
+        """The UNet (when loaded), VAE and text encoder."""
+        return [m for m in (self.unet, self.vae, self.text_encoder) if m is not None]
+
+    @property
     def device(self) -> torch.device:
-        """Device of the UNet (all components live together, see :meth:`to`)."""
-        return next(self.unet.parameters()).device
+        """Device of the UNet, or of the VAE without one (all components live together, see :meth:`to`)."""
+        return next(self._networks[0].parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        """Compute dtype of the UNet (float16 on CUDA by default, float32 on CPU)."""
-        return next(self.unet.parameters()).dtype
+        """Compute dtype of the UNet, or of the VAE without one (float16 on CUDA by default, float32 on CPU)."""
+        return next(self._networks[0].parameters()).dtype
 
     @property
     def num_train_timesteps(self) -> int:
@@ -87,8 +95,8 @@ class StableDiffusionComponents:
     def to(
         self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
     ) -> StableDiffusionComponents:
-        """Move (and cast) the UNet, VAE and text encoder; returns ``self``."""
-        for module in (self.unet, self.vae, self.text_encoder):
+        """Move (and cast) the UNet (if any), VAE and text encoder; returns ``self``."""
+        for module in self._networks:
             module.to(device=device, dtype=dtype)
         self._alphas_cumprod = None
         return self
@@ -98,7 +106,7 @@ class StableDiffusionComponents:
 
         Gradients still flow *through* the networks to their inputs (the render, via the VAE encoder).
         """
-        for module in (self.unet, self.vae, self.text_encoder):
+        for module in self._networks:
             module.requires_grad_(False)
             module.eval()
         return self
@@ -154,18 +162,20 @@ def add_noise(latents: Tensor, noise: Tensor, t: Tensor, alphas_cumprod: Tensor)
     return noisy.to(latents.dtype)
 
 
-def _missing_subfolders(root: Path) -> list[str]:
-    """SD subfolders of ``root`` that lack a config (``config.json`` / ``scheduler_config.json`` / tokenizer files)."""
-    wanted = {
-        "unet": "config.json",
-        "vae": "config.json",
-        "text_encoder": "config.json",
-        "scheduler": "scheduler_config.json",
-    }
-    missing = [sub for sub, name in wanted.items() if not (root / sub / name).is_file()]
+def _missing_subfolders(root: Path, subfolders: tuple[str, ...] = SD_SUBFOLDERS) -> list[str]:
+    """Those of ``subfolders`` of ``root`` that lack a config (``config.json`` / ``scheduler_config.json`` / tokenizer
+    files), in ``subfolders`` order."""
+    config_file = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json"}
+    config_file["scheduler"] = "scheduler_config.json"
     tok = root / "tokenizer"
-    if not ((tok / "tokenizer.json").is_file() or (tok / "vocab.json").is_file()):
-        missing.append("tokenizer")
+    missing = []
+    for sub in subfolders:
+        if sub == "tokenizer":
+            present = (tok / "tokenizer.json").is_file() or (tok / "vocab.json").is_file()
+        else:
+            present = (root / sub / config_file[sub]).is_file()
+        if not present:
+            missing.append(sub)
     return missing
 
 
@@ -176,12 +186,14 @@ def load_stable_diffusion(
     half: bool = True,
     hint: str,
     variant: str | None = None,
+    load_unet: bool = True,
 ) -> StableDiffusionComponents:
     """Load Stable Diffusion's components offline from a diffusers folder or the Hugging Face cache, frozen.
 
     Args:
         path_or_id: A local diffusers folder (with ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``,
-            ``scheduler/``) or a repo id already in the HF cache (default :data:`DEFAULT_SD_MODEL`). Never downloads.
+            ``scheduler/``; ``unet/`` only if ``load_unet``) or a repo id already in the HF cache (default
+            :data:`DEFAULT_SD_MODEL`). Never downloads.
         device: Target device; ``None`` picks CUDA when available.
         half: float16 on CUDA (always float32 on CPU, see :func:`select_device_dtype`). On CUDA attention slicing is
             also enabled to bound the 512 px UNet's memory.
@@ -189,6 +201,8 @@ def load_stable_diffusion(
             :class:`MissingWeightsError` message.
         variant: diffusers weight variant to read (e.g. ``"fp16"`` for ``*.fp16.safetensors``); ``None``: the
             full-precision files.
+        load_unet: Read ``unet/``. ``False`` neither requires nor loads it and returns ``unet=None``, for callers
+            that bring their own UNet (MVDream uses SD 2.1-base's VAE, text encoder, tokenizer and scheduler only).
 
     Returns:
         Frozen :class:`StableDiffusionComponents` on ``device``.
@@ -197,17 +211,20 @@ def load_stable_diffusion(
     from transformers import CLIPTextModel, CLIPTokenizer
 
     root = resolve_weights("Stable Diffusion", path_or_id, hint=hint)
-    missing = _missing_subfolders(root)
+    # a repo id resolves to its snapshot in the HF cache; a local folder to itself
+    source = str(path_or_id) if root != Path(path_or_id).expanduser() else "the model's Hugging Face repo"
+    needed = SD_SUBFOLDERS if load_unet else tuple(sub for sub in SD_SUBFOLDERS if sub != "unet")
+    missing = _missing_subfolders(root, needed)
     if missing:
         raise MissingWeightsError(
             f"Stable Diffusion weights: '{root}' is not a complete diffusers folder (missing {', '.join(missing)}); "
-            f"download all of {DEFAULT_SD_MODEL} (unet, vae, text_encoder, tokenizer, scheduler) or {hint}."
+            f"download {', '.join(needed)} of {source} or {hint}."
         )
     dev, dtype = select_device_dtype(device, half=half)
     common: dict[str, Any] = {"local_files_only": True}
     weights = {**common, "torch_dtype": dtype, "variant": variant}
     try:
-        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", **weights)
+        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", **weights) if load_unet else None
         vae = AutoencoderKL.from_pretrained(root, subfolder="vae", **weights)
         text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **weights)
         tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", **common)
@@ -215,11 +232,11 @@ def load_stable_diffusion(
     except (OSError, ValueError) as err:
         first = " ".join(str(err).split())[:300]
         raise MissingWeightsError(
-            f"Stable Diffusion weights in '{root}' could not be read ({first}); re-download {DEFAULT_SD_MODEL} "
-            f"or {hint}."
+            f"Stable Diffusion weights in '{root}' could not be read ({first}); re-download {', '.join(needed)} of "
+            f"{source} or {hint}."
         ) from None
     components = StableDiffusionComponents(unet, vae, text_encoder, tokenizer, scheduler).to(dev, dtype).freeze()
-    if dev.type == "cuda":
+    if dev.type == "cuda" and unet is not None:
         components.unet.set_attention_slice("auto")
     return components
 

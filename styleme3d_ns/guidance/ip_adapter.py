@@ -17,7 +17,8 @@ expects ``added_cond_kwargs={"image_embeds": [embeds]}`` with ``embeds`` ``[B, 1
 adapter) in every call. Scales are set per attention processor by :func:`set_ip_adapter_scale`, which accepts
 diffusers' per-block dict (``{"up": {"block_1": [0.0, 1.0, 0.0]}}``), module-path prefixes
 (``{"up_blocks.1": 1.0}``) or one float. Everything here is generic over adapter variants (plain, Plus, FaceID):
-the state dict's ``image_proj`` decides the projection, diffusers builds it.
+the state dict's ``image_proj`` decides the projection, diffusers builds it. IP-Adapter-FaceID (paper 001's identity
+branch on SD 1.5) also ships an attention LoRA in the same file; :func:`merge_faceid_lora` merges it into the UNet.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ IP_ADAPTER_IMAGE_ENCODER = "models/image_encoder"
 """Subfolder of :data:`IP_ADAPTER_REPO` with its CLIP ViT-H/14 image encoder (CLIPVisionModelWithProjection)."""
 SD15_STYLE_BLOCKS = ("up_blocks.1",)
 """SD 1.5 style-responsible block(s) (InstantStyle infer_style_sd15.py, experimental for SD 1.5)."""
+FACEID_LORA_LAYERS = ("to_q", "to_k", "to_v", "to_out")
+"""Attention projections the IP-Adapter-FaceID LoRA adapts (``to_out`` means ``to_out.0``)."""
 
 ScaleSpec = float | Mapping[str, Any]
 """A float (every processor), diffusers' per-block dict, or ``{module-path prefix: float}``."""
@@ -198,6 +201,35 @@ def attach_ip_adapter(
     for module in (unet.encoder_hid_proj, *ip_adapter_processors(unet).values()):
         module.requires_grad_(False)
     return set_ip_adapter_scale(unet, scale)
+
+
+def merge_faceid_lora(unet: UNet2DConditionModel, ip_adapter_state: Mapping[str, Any], scale: float = 1.0) -> int:
+    """Merge IP-Adapter-FaceID's attention LoRA into ``unet`` in place; returns the number of layers changed.
+
+    The release stores, for the ``k``-th attention processor of ``unet.attn_processors`` (self- and cross-attention
+    alternating), ``"{k}.to_q_lora.down.weight"`` ``[r, in]`` and ``"{k}.to_q_lora.up.weight"`` ``[out, r]`` (and
+    ``to_k``/``to_v``/``to_out``) under ``"ip_adapter"``. FaceID computes ``W x + scale * up(down(x))``, so the merge
+    ``W += scale * up @ down`` is exact. Adapters without LoRA keys (plain IP-Adapter) leave ``unet`` unchanged.
+    """
+    weights = ip_adapter_state["ip_adapter"]
+    changed = 0
+    with torch.no_grad():
+        for k, name in enumerate(unet.attn_processors):
+            attn = unet.get_submodule(name.removesuffix(".processor"))
+            for layer in FACEID_LORA_LAYERS:
+                down, up = weights.get(f"{k}.{layer}_lora.down.weight"), weights.get(f"{k}.{layer}_lora.up.weight")
+                if down is None or up is None:
+                    continue
+                linear = attn.to_out[0] if layer == "to_out" else getattr(attn, layer)
+                delta = up.to(torch.float32) @ down.to(torch.float32)
+                if delta.shape != linear.weight.shape:
+                    raise ValueError(
+                        f"FaceID LoRA '{k}.{layer}' is {tuple(delta.shape)} but {name} has {tuple(linear.weight.shape)}"
+                        "; the adapter does not belong to this UNet (SD 1.5 expected)."
+                    )
+                linear.weight += (scale * delta).to(linear.weight)
+                changed += 1
+    return changed
 
 
 def load_ip_adapter_state_dict(

@@ -18,7 +18,8 @@ dict; the UNet is under ``model.diffusion_model.*`` in the original (ldm / opena
 by diffusers' own ldm -> diffusers converter (:func:`diffusers.loaders.single_file_utils.convert_ldm_unet_checkpoint`)
 after renaming ``camera_embed.{0,2}`` to the ``label_emb.0.{0,2}`` keys the converter maps to ``class_embedding``.
 The VAE, text encoder (OpenCLIP ViT-H/14, penultimate layer), tokenizer and noise schedule are SD 2.1-base's (MVDream
-only fine-tuned the UNet), read from a diffusers SD 2.1-base folder by :func:`load_stable_diffusion`.
+only fine-tuned the UNet), read from a diffusers SD 2.1-base folder by :func:`load_stable_diffusion` with
+``load_unet=False`` (the folder needs no ``unet/``).
 
 Cameras (the ``C`` of eq. 15): camera-to-world matrices with OpenGL camera axes (x right, y up, z backwards, as
 nerfstudio's ``camera_to_worlds``) in a z-up world centred on the object, the convention of MVDream's
@@ -373,8 +374,9 @@ class MultiViewSDS(Guidance):
                 device=config.device,
                 half=config.half,
                 hint=f"pass {flag_prefix}base-model DIR (a diffusers SD 2.1-base folder)",
+                load_unet=False,  # MVDream replaces SD 2.1's UNet: neither needed on disk nor read
             )
-            components.unet = unet  # SD 2.1's own UNet is dropped; MVDream replaces it
+            components.unet = unet
             components.to(components.vae.device, components.vae.dtype).freeze()
         if not isinstance(components.unet.attn_processors.get(_first_attn(components.unet)), MultiViewAttnProcessor):
             raise ValueError("components.unet must be an MVDream UNet from build_multiview_unet/load_multiview_unet.")

@@ -14,7 +14,7 @@ Per step, for renders ``x`` with latents ``z = E(x)``:
      ``buffalo_l``, ``face.normed_embedding``), projected to 4 tokens and attached with
      :func:`~styleme3d_ns.guidance.ip_adapter.attach_ip_adapter`. Its LoRA (rank 128 on every attention's
      q/k/v/out, stored in the same file and trained with the adapter) is merged into the UNet weights
-     (:func:`merge_faceid_lora`).
+     (:func:`~styleme3d_ns.guidance.ip_adapter.merge_faceid_lora`).
    * **landmarks** ``I_l`` (eq. 10, optional): ``Y = F(z_t, t, y) + F_c(I_l)``: the residuals of a landmark
      ControlNet are added to the UNet's skip connections. InstantID's IdentityNet is SDXL-only; on SD 1.5 we use
      a face-landmark ControlNet (default suggestion ``CrucibleAI/ControlNetMediaPipeFace``, ``diffusion_sd15``)
@@ -56,7 +56,12 @@ from styleme3d_ns.guidance.diffusion import (
     sds_loss,
     sds_weight,
 )
-from styleme3d_ns.guidance.ip_adapter import attach_ip_adapter, ip_adapter_cond_kwargs, load_ip_adapter_state_dict
+from styleme3d_ns.guidance.ip_adapter import (
+    attach_ip_adapter,
+    ip_adapter_cond_kwargs,
+    load_ip_adapter_state_dict,
+    merge_faceid_lora,
+)
 from styleme3d_ns.guidance.style_mapping import (
     DEFAULT_RIDGE,
     LatentStatistics,
@@ -77,8 +82,6 @@ FACE_LANDMARK_CONTROLNET_REPO = "CrucibleAI/ControlNetMediaPipeFace"
 """A face-landmark (MediaPipe face mesh) ControlNet for SD 1.5, the optional eq. 10 branch."""
 FACE_LANDMARK_CONTROLNET_SUBFOLDER = "diffusion_sd15"
 """Diffusers-format SD 1.5 ControlNet inside :data:`FACE_LANDMARK_CONTROLNET_REPO`."""
-FACEID_LORA_LAYERS = ("to_q", "to_k", "to_v", "to_out")
-"""Attention projections the IP-Adapter-FaceID LoRA adapts (``to_out`` means ``to_out.0``)."""
 
 
 def _paper_timesteps() -> TimestepScheduleConfig:
@@ -141,35 +144,6 @@ class SASConfig(GuidanceConfig):
     """float16 networks on CUDA (CPU is always float32)."""
     seed: int | None = None
     """Seed of the timestep/noise generator; None draws from torch's global RNG."""
-
-
-def merge_faceid_lora(unet: UNet2DConditionModel, ip_adapter_state: Mapping[str, Any], scale: float = 1.0) -> int:
-    """Merge IP-Adapter-FaceID's attention LoRA into ``unet`` in place; returns the number of layers changed.
-
-    The release stores, for the ``k``-th attention processor of ``unet.attn_processors`` (self- and cross-attention
-    alternating), ``"{k}.to_q_lora.down.weight"`` ``[r, in]`` and ``"{k}.to_q_lora.up.weight"`` ``[out, r]`` (and
-    ``to_k``/``to_v``/``to_out``) under ``"ip_adapter"``. FaceID computes ``W x + scale * up(down(x))``, so the merge
-    ``W += scale * up @ down`` is exact. Adapters without LoRA keys (plain IP-Adapter) leave ``unet`` unchanged.
-    """
-    weights = ip_adapter_state["ip_adapter"]
-    changed = 0
-    with torch.no_grad():
-        for k, name in enumerate(unet.attn_processors):
-            attn = unet.get_submodule(name.removesuffix(".processor"))
-            for layer in FACEID_LORA_LAYERS:
-                down, up = weights.get(f"{k}.{layer}_lora.down.weight"), weights.get(f"{k}.{layer}_lora.up.weight")
-                if down is None or up is None:
-                    continue
-                linear = attn.to_out[0] if layer == "to_out" else getattr(attn, layer)
-                delta = up.to(torch.float32) @ down.to(torch.float32)
-                if delta.shape != linear.weight.shape:
-                    raise ValueError(
-                        f"FaceID LoRA '{k}.{layer}' is {tuple(delta.shape)} but {name} has {tuple(linear.weight.shape)}"
-                        "; the adapter does not belong to this UNet (SD 1.5 expected)."
-                    )
-                linear.weight += (scale * delta).to(linear.weight)
-                changed += 1
-    return changed
 
 
 def load_landmark_controlnet(
