@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanagerConfig
+from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.models.base_model import ModelConfig
@@ -56,9 +57,15 @@ def gaussian_optimizers(
 
 
 def splat_trainer(
-    method_name: str, model: ModelConfig, *, max_num_iterations: int, optimizers: dict, steps_per_save: int = 500
+    method_name: str,
+    model: ModelConfig,
+    *,
+    max_num_iterations: int,
+    optimizers: dict,
+    steps_per_save: int = 500,
+    dataparser: DataParserConfig | None = None,
 ) -> TrainerConfig:
-    """A splatfacto-style TrainerConfig that runs on CPU as well as CUDA."""
+    """A splatfacto-style TrainerConfig that runs on CPU as well as CUDA (default data: a checked nerfstudio scene)."""
     return TrainerConfig(
         method_name=method_name,
         steps_per_eval_image=100,
@@ -70,7 +77,7 @@ def splat_trainer(
         machine=MachineConfig(device_type=default_device()),
         pipeline=VanillaPipelineConfig(
             datamanager=FullImageDatamanagerConfig(
-                dataparser=CheckedNerfstudioDataParserConfig(),
+                dataparser=dataparser if dataparser is not None else CheckedNerfstudioDataParserConfig(),
                 cache_images_type="uint8",
             ),
             model=model,

@@ -214,8 +214,11 @@ def find_portrait(path: Path) -> Path:
     return path
 
 
-def load_portrait(path: str | Path, size: int) -> np.ndarray:
-    """The portrait photo as a square `[size, size, 3]` uint8 RGB array (EXIF-rotated, centre-cropped, resized).
+def load_portrait(path: str | Path, size: int, align: tuple[float, float] | None = None) -> np.ndarray:
+    """The portrait photo as a square `[size, size, 3]` uint8 RGB array (EXIF-rotated, cropped, resized).
+
+    With ``align = (fov_deg, radius)`` the crop is face-aligned to the head template (:func:`align_to_face`) when a
+    face is found; otherwise (or with ``align=None``) it is the centre square.
 
     Transparent pixels are composited over white (with a warning): a cut-out portrait's background becomes paper.
 
@@ -236,9 +239,14 @@ def load_portrait(path: str | Path, size: int) -> np.ndarray:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     image = image.convert("RGB")
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    image = image.crop((left, top, left + side, top + side))
+    aligned = align_to_face(image, *align) if align is not None else None
+    if aligned is not None:
+        image = aligned
+    else:
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    side = image.width
     if side < size:
         warnings.warn(f"Portrait image {path} is {side} px across; upscaled to {size}.", UserWarning, stacklevel=2)
     if side != size:
@@ -246,14 +254,67 @@ def load_portrait(path: str | Path, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).copy()
 
 
-def write_square_crop(path: Path, size: int, cache_dir: Path | None = None) -> Path:
+# Template points the photo is registered to (head_template.HEAD_BLOBS): the nose tip (front of the "nose" blob)
+# and the chin (bottom of the "face" blob), matched to dlib's iBUG landmarks 30 (nose tip) and 8 (chin).
+TEMPLATE_NOSE_TIP = (0.0, -0.02, 0.45)
+TEMPLATE_CHIN = (0.0, -0.5, 0.05)
+NOSE_TIP_LANDMARK, CHIN_LANDMARK = 30, 8
+
+
+def _front_pixel(point: tuple[float, float, float], fov_deg: float, radius: float) -> tuple[float, float]:
+    """(x, y) of a template point in the front camera's image, as fractions of the image side."""
+    focal = 0.5 / math.tan(math.radians(fov_deg) / 2)  # in image sides
+    depth = radius - point[2]
+    return 0.5 + focal * point[0] / depth, 0.5 - focal * point[1] / depth
+
+
+def face_aligned_box(landmarks: np.ndarray, fov_deg: float, radius: float) -> tuple[float, float, float]:
+    """(left, top, side) in photo pixels of the square crop whose front camera sees the face on the template.
+
+    The crop is scaled and placed so that the photo's nose tip and chin (landmarks 30 and 8) land where the front
+    camera sees the template's nose tip and chin; the template then sits under the face it has to explain.
+    """
+    nose_u, nose_v = _front_pixel(TEMPLATE_NOSE_TIP, fov_deg, radius)
+    _, chin_v = _front_pixel(TEMPLATE_CHIN, fov_deg, radius)
+    nose, chin = landmarks[NOSE_TIP_LANDMARK], landmarks[CHIN_LANDMARK]
+    side = float(np.linalg.norm(chin - nose)) / (chin_v - nose_v)
+    return float(nose[0]) - nose_u * side, float(nose[1]) - nose_v * side, side
+
+
+def align_to_face(image: Image.Image, fov_deg: float, radius: float) -> Image.Image | None:
+    """The square face-aligned crop of `image` (padded with white where it leaves the photo), or None without a
+    detectable face or without the face models (then the caller centre-crops)."""
+    try:
+        from styleme3d_ns.eval.face_identity import FaceIdentity
+
+        faces = FaceIdentity()
+    except Exception:  # noqa: BLE001 - face models are optional here: no alignment, one warning
+        warnings.warn("Face models unavailable (pip install dlib-bin face-recognition-models): portrait centre-cropped",
+                      UserWarning, stacklevel=2)  # fmt: skip
+        return None
+    pixels = np.asarray(image)
+    box = faces.detect(pixels)
+    if box is None:
+        warnings.warn(
+            "No face found in the portrait: centre-cropped instead of face-aligned", UserWarning, stacklevel=2
+        )
+        return None
+    left, top, side = face_aligned_box(faces.landmarks(pixels, box), fov_deg, radius)
+    canvas = Image.new("RGB", (round(side), round(side)), (255, 255, 255))
+    canvas.paste(image, (-round(left), -round(top)))
+    return canvas
+
+
+def write_square_crop(
+    path: Path, size: int, cache_dir: Path | None = None, align: tuple[float, float] | None = None
+) -> Path:
     """Write :func:`load_portrait`'s square crop as a PNG named by the photo's content and `size`; return its path.
 
     nerfstudio's dataset reads images from files, so the crop lives in `cache_dir` (default: a folder in the system
     temp dir). The name is a content hash, so concurrent runs share the file and a changed photo gets a new one.
     """
     source = find_portrait(Path(path))
-    image = load_portrait(source, size)
+    image = load_portrait(source, size, align)
     folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "styleme3d-portrait"
     folder.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(image.tobytes()).hexdigest()[:16]
@@ -292,6 +353,8 @@ class PortraitDataParserConfig(DataParserConfig):
     """Seed of the template's point sample."""
     cache_dir: Path | None = None
     """Folder for the square crop nerfstudio reads (default: styleme3d-portrait/ in the system temp dir)."""
+    align_face: bool = True
+    """Crop the photo so its nose tip and chin (dlib landmarks) fall on the template's; centre crop if no face."""
 
 
 class PortraitDataParser(DataParser):
@@ -299,7 +362,7 @@ class PortraitDataParser(DataParser):
 
     metadata keys: ``points3D_xyz [N, 3]`` and ``points3D_rgb [N, 3]`` uint8 (nerfstudio's seed-point keys, so
     splatfacto-style models start from the template), ``points3D_normals [N, 3]`` (outward), ``portrait_rig``
-    (:class:`PortraitRig`).
+    (:class:`PortraitRig`), ``portrait_image`` (path of the square training image).
     """
 
     config: PortraitDataParserConfig
@@ -311,7 +374,8 @@ class PortraitDataParser(DataParser):
                 raise UserInputError(f"--image-size {cfg.image_size} is too small; use 64 or more (default 512)")
             if not 1.0 < cfg.fov_deg < 170.0:
                 raise UserInputError(f"--fov-deg {cfg.fov_deg} must be between 1 and 170 degrees (default 49.1)")
-            image_path = write_square_crop(cfg.data, cfg.image_size, cfg.cache_dir)
+            align = (cfg.fov_deg, cfg.camera_radius) if cfg.align_face else None
+            image_path = write_square_crop(cfg.data, cfg.image_size, cfg.cache_dir, align)
         rig = PortraitRig(cfg.image_size, cfg.fov_deg, cfg.camera_radius, tuple(cfg.elevation_range_deg))
         points, normals = sample_head_template(cfg.num_template_points, seed=cfg.template_seed)
         # RGB 1/255, not 0: black sits on the clamp of SH colours where the colour gradient is exactly zero
@@ -320,7 +384,13 @@ class PortraitDataParser(DataParser):
             image_filenames=[image_path],
             cameras=rig.front(),
             scene_box=SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])),
-            metadata={"points3D_xyz": points, "points3D_rgb": rgb, "points3D_normals": normals, "portrait_rig": rig},
+            metadata={
+                "points3D_xyz": points,
+                "points3D_rgb": rgb,
+                "points3D_normals": normals,
+                "portrait_rig": rig,
+                "portrait_image": image_path,
+            },
         )
 
 
