@@ -122,3 +122,22 @@ def test_clip_splat_trains_from_the_cli_and_exports_its_colours(
     dc = np.stack([vertex[f"f_dc_{i}"] for i in range(3)], axis=1)
     np.testing.assert_allclose(dc, splat["features_dc"].numpy(), atol=1e-6)
     assert not np.allclose(dc, base["features_dc"].numpy()), "the exported colours are the base's, not fine-tuned"
+
+
+def test_portrait_demo_generates_a_head_that_keeps_the_photos_identity(tmp_path: Path) -> None:
+    """Issue 6 offline run: astronaut photo -> ns-train sas-portrait -> turntable video, .ply, identity, time."""
+    from plyfile import PlyData
+
+    out = tmp_path / "portrait"
+    proc = ns("styleme3d-demo-portrait", "--output-dir", str(out), "--steps", "300", "--turntable-views", "8",
+              timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "generation time:" in proc.stdout
+    assert (out / "turntable.mp4").stat().st_size > 1000
+    run = out / "runs" / "portrait" / "sas-portrait" / "run"
+    splat = load_gaussians(run)
+    vertex = PlyData.read(str(out / "export" / "splat.ply"))["vertex"]
+    assert len(vertex) == splat["means"].shape[0] > 500
+    np.testing.assert_allclose(np.stack([vertex[c] for c in "xyz"], axis=1), splat["means"].numpy(), atol=1e-6)
+    front = json.loads((out / "metrics.json").read_text())["portrait"]["front"]
+    assert front["identity_distance"] < 0.6, front  # dlib: the same person below 0.6

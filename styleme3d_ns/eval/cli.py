@@ -363,6 +363,8 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     _check(config)
     start = time.perf_counter()
     run_config, pipeline = load_pipeline(config.load_config)
+    if hasattr(pipeline.model, "rig"):
+        return _evaluate_portrait(config, run_config, pipeline, start)
     model, pool = pipeline.model, CameraPool.from_pipeline(pipeline)
     if pool.num_eval == 0:
         raise UserInputError(f"{config.load_config} has no evaluation (held-out) cameras to score")
@@ -403,6 +405,51 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     return metrics
 
 
+def _evaluate_portrait(config: EvalConfig, run_config: Any, pipeline: Any, start: float) -> dict[str, Any]:
+    """A generated portrait (sas-portrait) has no base to compare with: score it as paper 001 Table 1 does.
+
+    Identity to the input photo (front view, and over a turntable of --orbit-views renders), CLIP similarity of the
+    turntable to the style prompt (the photo's score as the reference), mean saturation, and the run's cost.
+    """
+    model = pipeline.model
+    photo, photo_file = _training_photo(pipeline)
+    reference = photo[..., :3].float() / 255.0
+    front, _ = render_views(model, [model.rig.front()], [0])
+    turntable = model.rig.turntable(config.orbit_views)
+    orbit, _ = render_views(model, [turntable[i : i + 1] for i in range(config.orbit_views)], range(config.orbit_views))
+    model_config = run_config.pipeline.model
+    prompt = config.prompt or getattr(model_config, "style_prompt", None) or None
+    metrics = {
+        "schema_version": SCHEMA_VERSION,
+        "run": str(config.load_config),
+        "kind": "portrait",
+        "portrait": {
+            "orbit_views": config.orbit_views,
+            "identity_reference": photo_file,
+            "front": identity_scores(photo, front.rgb),
+            **identity_scores(photo, orbit.rgb),
+            "saturation": mean_saturation(orbit.rgb, orbit.alpha),
+        },
+        "style": clip_scores(
+            reference[None],
+            orbit.rgb,
+            style=None,
+            prompt=prompt,
+            source_prompt=config.source_prompt,
+            model_name=config.clip_model,
+            pretrained=config.clip_pretrained,
+        ),  # fmt: skip
+        "cost": {"run": read_run_cost(config.load_config.parent)},
+    }
+    every = max(1, config.orbit_views // 4)
+    columns = [reference, front.rgb[0], *(orbit.rgb[i] for i in range(0, config.orbit_views, every))][:6]
+    sheet = config.sheet or config.output.with_name(f"{config.output.stem}_sheet.png")
+    metrics["sheet"] = str(contact_sheet([columns], sheet))
+    metrics["eval_seconds"] = time.perf_counter() - start
+    write_json_atomic(config.output, metrics)
+    return metrics
+
+
 def _clip(config: EvalConfig, run_config: Any, base: RenderedViews, stylised: RenderedViews, style: Tensor | None):  # noqa: ANN202
     """CLIP scores against the style image and the run's prompt (null with a note without CLIP weights)."""
     model_config = run_config.pipeline.model
@@ -411,8 +458,28 @@ def _clip(config: EvalConfig, run_config: Any, base: RenderedViews, stylised: Re
                        model_name=config.clip_model, pretrained=config.clip_pretrained)  # fmt: skip
 
 
+def _portrait_summary(metrics: dict[str, Any]) -> str:
+    portrait, front = metrics["portrait"], metrics["portrait"]["front"]
+    lines = [f"portrait: saturation {portrait['saturation']:.1f} over {portrait['orbit_views']} views"]
+    if front.get("identity_distance") is not None:
+        lines.append(f"front view identity: dlib distance {front['identity_distance']:.3f} (same person < 0.6)")
+    else:
+        lines.append(f"front view identity: {front.get('identity_note')}")
+    if portrait.get("identity_distance") is not None:
+        lines.append(
+            f"turntable identity: distance {portrait['identity_distance']:.3f} on "
+            f"{portrait['identity_views_with_face']} views with a face"
+        )
+    run = metrics["cost"]["run"]
+    if run.get("wall_time_s") is not None:
+        lines.append(f"generation time: {run['wall_time_s']:.0f} s")
+    return "\n".join(lines)
+
+
 def _summary(metrics: dict[str, Any]) -> str:
     """A few lines for the terminal; the JSON holds everything."""
+    if metrics.get("kind") == "portrait":
+        return _portrait_summary(metrics)
     content, style, consistency = metrics["content"], metrics["style"], metrics["consistency"]
     lines = [f"content: PSNR {content['psnr_db']:.2f} dB, SSIM {content['ssim']:.3f}, LPIPS {content['lpips']}"]
     if style["gram_reduction"] is not None:
