@@ -124,12 +124,24 @@ def main(config: DemoConfig) -> None:
         f"PSNR {content['psnr_db']:.1f} dB, SSIM {content['ssim']:.3f} vs the base on "
         f"{len(metrics['views']['held_out'])} held-out views"
     )
+    same = _same_geometry(base_cfg, style_cfg)
+    print(f"[demo] geometry (means, scales, quats, opacities) bit-identical to the base: {same}")
     print(f"[demo] base | stylised | style sheet: {sheet}")
     print(f"[demo] turntable video:               {video}")
     print(f"[demo] exported splat:                {out / 'export' / 'splat.ply'}")
     print(f"[demo] metrics:                       {metrics_path}")
     print(f"[demo] view it live: ns-viewer --load-config {style_cfg}")
     print(f"[demo] total {time.perf_counter() - start:.0f} s")
+
+
+def _same_geometry(base_cfg: Path, style_cfg: Path) -> bool:
+    """Whether the stylised run's Gaussians sit exactly where the base's do (paper 000: RGB-only optimisation)."""
+    import torch
+
+    from styleme3d_ns.models.checkpoint import load_gaussians
+
+    base, styled = load_gaussians(base_cfg.parent), load_gaussians(style_cfg.parent)
+    return all(torch.equal(base[k], styled[k]) for k in ("means", "scales", "quats", "opacities"))
 
 
 def entrypoint() -> None:
