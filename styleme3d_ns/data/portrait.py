@@ -8,11 +8,13 @@ Every other view is generated: :func:`orbit_cameras` draws random training views
 Assumptions (the frame is :mod:`styleme3d_ns.data.head_template`'s: +y up, face toward +z, head centred on the
 origin, 1 unit chin to crown):
 
-- the photo is a roughly frontal, roughly centred portrait: it is centre-cropped to a square and treated as the
-  view of a camera on +z, at :data:`CAMERA_RADIUS` from the head's centre, looking at it, with vertical field of
-  view :data:`FOV_Y_DEG`; the head then fills ~55% of the image height, as a head-and-shoulders photo does;
-- there is no pose estimation, so the template is not fitted to the face (a later step may rescale it to a
-  detected face box); the guidance, not the photo, is what shapes the unseen sides.
+- the photo is a roughly frontal portrait. With the face models installed (dlib), it is cropped to a square so
+  that its nose tip and chin (landmarks 30 and 8) land where the front camera sees the template's
+  (:func:`face_aligned_box`); without them, or without a detectable face, it is centre-cropped. The crop is the view
+  of a camera on +z, at :data:`CAMERA_RADIUS` from the head's centre, looking at it, with vertical field of view
+  :data:`FOV_Y_DEG`;
+- there is no head-pose estimation: a turned head is fitted as if frontal; the guidance, not the photo, is what shapes
+  the unseen sides.
 
 nerfstudio's `FullImageDatamanager` caches the one image and samples it every step; its eval split is the same image
 and camera (there is no held-out view of a single photo), so `ns-train`'s periodic eval reports a fit, not a

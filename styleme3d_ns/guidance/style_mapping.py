@@ -17,7 +17,7 @@ keeps a nearly flat latent (all pixels alike, a singular ``Sigma_g``) from being
 is then the latent-space analogue of a linear colour transfer: it fixes the channel means and correlations, the
 statistics that carry colour and saturation in SD latents, and leaves the spatial structure alone.
 
-Discrepancies with the printed paper (documented in ``docs/sas-portrait-draft.md``):
+Discrepancies with the printed paper (documented in ``docs/sas-portrait.md``):
 
 * eq. 12 prints ``z' = alpha_t z + beta_t (eps_p - eps)``. With the forward noising ``z_t = sqrt(abar) z +
   sqrt(1 - abar) eps`` the one-step (x0) prediction is ``(z_t - sqrt(1 - abar) eps_p) / sqrt(abar) = z -
