@@ -24,7 +24,11 @@ sas_portrait = MethodSpecification(
             densify_grad_thresh=GROW_GRAD2D,  # paper 001 IV.A.2: beta_E = 0.0002
             densify_size_thresh=GROW_SCALE3D,  # paper 001 IV.A.2: clone/split boundary 0.01
             refine_every=REFINE_EVERY,  # paper 001 IV.A.2: every 100 steps
-            warmup_length=REFINE_EVERY,  # the first densification after one refine period (paper: none stated)
+            # paper: no warm-up stated. gsplat refines when step > warmup and step % reset period >= num images +
+            # refine_every (101 here, after its step-0 opacity reset), so the first densification is at step 200
+            warmup_length=REFINE_EVERY,
+            # cull_alpha_thresh stays splatfacto's 0.1: gsplat's reset at step 0 clamps opacities to 2 x the threshold,
+            # 0.2, paper 001's initial opacity (IV.A.1); a lower threshold would clamp the template to it at step 0
             use_absgrad=False,  # beta_E thresholds the mean 2D gradient (3DGS), not AbsGS's
         ),
         max_num_iterations=PORTRAIT_STEPS,

@@ -63,7 +63,7 @@ def _backward(trainer) -> dict[str, torch.Tensor]:  # noqa: ANN001
 
 
 def test_the_splat_starts_from_paper_001s_template(astronaut: Path, tmp_path: Path, one_torch_thread: None) -> None:
-    model = _trainer(portrait_config(astronaut, tmp_path, 1)).pipeline.model
+    model = _trainer(portrait_config(astronaut, tmp_path, 1, init_rgb=0.0)).pipeline.model  # init_rgb 0: the paper
     assert model.num_points == 10_000  # IV.A.1: 10,000 points
     torch.testing.assert_close(torch.sigmoid(model.opacities), torch.full_like(model.opacities, 0.2))
     torch.testing.assert_close(torch.exp(model.scales), torch.full_like(model.scales, 0.02))
@@ -160,3 +160,18 @@ def test_a_face_embedding_file_must_hold_512_values(tmp_path: Path) -> None:
         read_face_embedding(bad)
     with pytest.raises(UserInputError, match="does not exist"):
         read_face_embedding(tmp_path / "missing.npy")
+
+
+def test_offline_silhouette_prior_keeps_the_template_opaque_from_the_side(astronaut: Path, tmp_path: Path) -> None:
+    from styleme3d_ns.models.portrait_priors import silhouette_loss, template_silhouette
+
+    trainer = _trainer(portrait_config(astronaut, tmp_path, 1))
+    model = _ready(trainer)
+    assert model._silhouette_on  # no diffusion weights here: the offline prior is on
+    side = model.rig.turntable(4)[1:2].to(model.device)  # 90 degrees from the photo
+    mask = template_silhouette(model._template_points, side.camera_to_worlds[0], side.get_intrinsics_matrices()[0],
+                               64, 64, model._template_spacing)  # fmt: skip
+    assert 0.1 < float(mask.float().mean()) < 0.6  # a head-sized silhouette, not empty, not the whole frame
+    opaque = torch.ones(64, 64)
+    assert float(silhouette_loss(opaque, mask)) == 0.0
+    assert float(silhouette_loss(torch.zeros(64, 64), mask)) == 1.0
