@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from styleme3d_ns.guidance.base import Guidance
 from styleme3d_ns.guidance.weights import MissingWeightsError, resolve_weights, select_device_dtype
 
 if TYPE_CHECKING:  # diffusers/transformers are optional dependencies (the `guidance` extra)
@@ -123,6 +124,16 @@ class StableDiffusionComponents:
         posterior = self.vae.encode(x).latent_dist
         latents = posterior.sample(generator) if sample else posterior.mean
         return latents * self.vae.config.scaling_factor
+
+    def encode_square(self, images: Tensor, size: int) -> Tensor:
+        """Resize renders ``[B, 3, H, W]`` in [0, 1] to the model's square input ``size`` and VAE-encode them.
+
+        Bilinear, antialiased when shrinking (for enlarging, antialiasing changes nothing); differentiable.
+        """
+        if images.shape[-2:] != (size, size):
+            shrinking = min(images.shape[-2:]) > size
+            images = F.interpolate(images, (size, size), mode="bilinear", align_corners=False, antialias=shrinking)
+        return self.encode_images(images)
 
     def decode_latents(self, latents: Tensor) -> Tensor:
         """VAE-decode latents ``[B, 4, h, w]`` (scaled as :meth:`encode_images` returns them) to ``[B, 3, H, W]`` in
@@ -344,6 +355,16 @@ class TimestepSchedule:
 
 
 # ---------------------------------------------------------------------------------------------------------- SDS math
+
+
+class ScheduledDiffusionGuidance(Guidance):
+    """A diffusion guidance whose timestep window follows the training step (set ``self.schedule`` in ``__init__``)."""
+
+    schedule: TimestepSchedule
+
+    def update_step(self, step: int) -> None:
+        super().update_step(step)
+        self.schedule.update_step(step)
 
 
 def predict_noise(

@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from styleme3d_ns.guidance.base import Guidance, GuidanceConfig
+from styleme3d_ns.guidance.base import GuidanceConfig
 from styleme3d_ns.guidance.diffusion import (
     DEFAULT_SD_MODEL,
+    ScheduledDiffusionGuidance,
     SdsWeighting,
     StableDiffusionComponents,
     TimestepSchedule,
@@ -154,7 +154,7 @@ def load_content_text_encoder(
     return model.to(dev).eval().requires_grad_(False), tokenizer
 
 
-class DynamicStyleScoreDistillation(Guidance):
+class DynamicStyleScoreDistillation(ScheduledDiffusionGuidance):
     """Paper 000 DSSD on SD 1.5 + IP-Adapter (style blocks only) + ODCR.
 
     Usage: ``dssd = DynamicStyleScoreDistillation.from_config(cfg, device)``; ``dssd.set_style(style [1, 3, H, W])``;
@@ -290,10 +290,6 @@ class DynamicStyleScoreDistillation(Guidance):
         return self
 
     # ------------------------------------------------------------------------------------------------ schedules
-    def update_step(self, step: int) -> None:
-        super().update_step(step)
-        self.schedule.update_step(step)
-
     def stage(self, step: int) -> Stage:
         """Paper 000's mode at ``step``: ``"global"`` (full render) before ``local_start_step``, ``"local"``
         (random crops) from it on."""
@@ -409,12 +405,7 @@ class DynamicStyleScoreDistillation(Guidance):
         images = self.prepare_images(images)
         b, _, h, w = images.shape
         top, left, ch, cw = self.crop_box(h, w, step)
-        x = images[..., top : top + ch, left : left + cw]
-        res = self.config.resolution
-        if x.shape[-2:] != (res, res):
-            x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False, antialias=min(ch, cw) > res)
-
-        latents = self._sd.encode_images(x)
+        latents = self._sd.encode_square(images[..., top : top + ch, left : left + cw], self.config.resolution)
         if t is None:
             t = self.schedule.sample(b, self.generator, step=step)
         t = t.to(self.device).long()

@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from styleme3d_ns.guidance.base import Guidance, GuidanceConfig
+from styleme3d_ns.guidance.base import GuidanceConfig
 from styleme3d_ns.guidance.diffusion import (
+    ScheduledDiffusionGuidance,
     SdsWeighting,
     StableDiffusionComponents,
     TimestepSchedule,
@@ -338,7 +338,7 @@ class MVDreamSDSConfig(GuidanceConfig):
     """Seed of the timestep/noise generator; None draws from torch's global RNG."""
 
 
-class MultiViewSDS(Guidance):
+class MultiViewSDS(ScheduledDiffusionGuidance):
     """SDS with MVDream over groups of ``V`` views (paper 001 eq. 15).
 
     ``grad_z = w(t) (eps_p(z_t, t, y, C) - eps)`` on the latents ``z`` of the ``V`` renders of each object, with one
@@ -391,10 +391,6 @@ class MultiViewSDS(Guidance):
         self.register_buffer("cond_embeds", self.components.encode_text([prompt]), persistent=False)
         self.register_buffer("uncond_embeds", self.components.encode_text([negative_prompt]), persistent=False)
 
-    def update_step(self, step: int) -> None:
-        super().update_step(step)
-        self.schedule.update_step(step)
-
     def forward(
         self,
         images: Tensor,
@@ -419,10 +415,7 @@ class MultiViewSDS(Guidance):
             raise ValueError(f"got {images.shape[0]} renders, not a multiple of num_views={self.config.num_views}.")
         if c2w.shape[0] != images.shape[0]:
             raise ValueError(f"got {c2w.shape[0]} cameras for {images.shape[0]} renders; pass one c2w per render.")
-        size = self.config.image_size
-        if images.shape[-2:] != (size, size):
-            images = F.interpolate(images, (size, size), mode="bilinear", align_corners=False, antialias=True)
-        latents = self.components.encode_images(images)
+        latents = self.components.encode_square(images, self.config.image_size)
         return self.latent_loss(latents, c2w, t=t, noise=noise)
 
     def latent_loss(

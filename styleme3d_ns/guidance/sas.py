@@ -44,9 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from styleme3d_ns.guidance.base import Guidance, GuidanceConfig
+from styleme3d_ns.guidance.base import GuidanceConfig
 from styleme3d_ns.guidance.diffusion import (
     DEFAULT_SD_MODEL,
+    ScheduledDiffusionGuidance,
     SdsWeighting,
     StableDiffusionComponents,
     TimestepSchedule,
@@ -206,7 +207,7 @@ class _LandmarkControlledUNet:
         )
 
 
-class StyleAlignedSamplingLoss(Guidance):
+class StyleAlignedSamplingLoss(ScheduledDiffusionGuidance):
     """Paper 001's SAS loss (eq. 9-14) on Stable Diffusion 1.5; see the module docstring for the steps.
 
     Usage: ``sas = StyleAlignedSamplingLoss(SASConfig(prompt=...)); out = sas(renders [B, 3, H, W], step,
@@ -307,10 +308,6 @@ class StyleAlignedSamplingLoss(Guidance):
         if controlnet is not None:
             self.controlnet = controlnet.to(device=self.components.device, dtype=self.components.dtype)
 
-    def update_step(self, step: int) -> None:
-        super().update_step(step)
-        self.schedule.update_step(step)
-
     def forward(
         self,
         images: Tensor,
@@ -333,10 +330,7 @@ class StyleAlignedSamplingLoss(Guidance):
             noise: Optional noise ``[B, 4, h, w]`` instead of drawing it.
         """
         images = self.prepare_images(images)
-        size = self.config.image_size
-        if images.shape[-2:] != (size, size):
-            images = F.interpolate(images, (size, size), mode="bilinear", align_corners=False, antialias=True)
-        latents = self.components.encode_images(images)
+        latents = self.components.encode_square(images, self.config.image_size)
         return self.latent_loss(latents, face_embeds=face_embeds, landmark_image=landmark_image, t=t, noise=noise)
 
     def _unet_and_kwargs(

@@ -25,7 +25,7 @@ _C3_ZZZ_B = 1.119528997770346
 _C3_XZZ_A = 2.285228997322329
 _C3_XZZ_B = 0.4570457994644658
 _C3_XXZ = 1.445305721320277
-_C3_XXX = 0.5900435899266435
+_C3_SECTORAL = 0.5900435899266435  # degree-3 sectoral bands (m = +-3): sqrt(35 / 32 pi)
 
 
 def num_sh_bases(degree: int) -> int:
@@ -63,13 +63,13 @@ def sh_basis(degree: int, dirs: Tensor) -> Tensor:
         p31 = -_C3_XZZ_A * zz + _C3_XZZ_B
         p32 = _C3_XXZ * z
         cols += [
-            -_C3_XXX * s2,
+            -_C3_SECTORAL * s2,
             p32 * s1,
             p31 * y,
             z * (_C3_ZZZ_A * zz - _C3_ZZZ_B),
             p31 * x,
             p32 * c1,
-            -_C3_XXX * c2,
+            -_C3_SECTORAL * c2,
         ]
     return torch.stack(cols, dim=-1)
 
