@@ -16,5 +16,5 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test,guidance,portrait]"
+.venv/bin/python -m pip install -q -e ".[test,guidance,portrait,style,batch]"
 echo "styleme3d-ns installed in $(pwd)/.venv (activate with: source .venv/bin/activate)"
