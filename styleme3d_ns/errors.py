@@ -7,15 +7,15 @@ from collections.abc import Iterator
 
 
 class UserInputError(ValueError):
-    """Bad input from the user (path, file, option). `str(err)` is a single line with the fix."""
+    """Bad input from the user (path, file, option). `str(err)` is a single line with the fix.
+
+    Every error written for the user subclasses it (style images, missing weights, face models, checkpoints), so
+    a command's boundary catches this one type.
+    """
 
 
-def user_input_error_types() -> tuple[type[BaseException], ...]:
-    """Every error class whose message is written for the user (kept in one place)."""
-    from styleme3d_ns.data.style_image import StyleImageError
-    from styleme3d_ns.guidance.weights import MissingWeightsError
-
-    return (UserInputError, StyleImageError, MissingWeightsError)
+class MissingWeightsError(UserInputError):
+    """Model weights are not on this machine; the message is one line saying where we looked and how to fix it."""
 
 
 @contextlib.contextmanager
@@ -27,5 +27,5 @@ def exit_on_user_error(prog: str = "styleme3d") -> Iterator[None]:
     """
     try:
         yield
-    except user_input_error_types() as err:
+    except UserInputError as err:
         raise SystemExit(f"{prog}: error: {err}") from None

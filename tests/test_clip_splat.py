@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from styleme3d_ns.method_configs.clip_splat_config import clip_splat
 
+from styleme3d_ns.method_configs.clip_splat_config import clip_splat
 from tests.conftest import method_config, sha256
 
 PROMPT = "a watercolor painting"
@@ -44,7 +44,7 @@ def _mean_clip_score(trainer) -> tuple[float, float]:  # noqa: ANN001
     """Mean CLIP cosine to the prompt over the training views: (unstyled base, current)."""
     model = trainer.pipeline.model
     model.eval()
-    guidance = model.clip_guidance
+    guidance = model.guidance["clip"]
     cameras = trainer.pipeline.datamanager.train_dataset.cameras.to(model.device)
     base, now = [], []
     for i in range(cameras.shape[0]):

@@ -437,7 +437,7 @@ def test_csd_scores_are_the_csd_similarity_of_each_view_to_the_style(monkeypatch
 def test_identity_summary_counts_faces_and_matches_dlib_on_the_astronaut() -> None:
     from skimage import data
 
-    from styleme3d_ns.eval.face_identity import SAME_PERSON_DISTANCE, FaceIdentity
+    from styleme3d_ns.faces import SAME_PERSON_DISTANCE, FaceIdentity
 
     face = FaceIdentity()
     photo = data.astronaut()[::2, ::2]  # 256 px: her face is ~45 px, above the upsampled detector's ~40 px
@@ -464,7 +464,7 @@ def test_identity_summary_counts_faces_and_matches_dlib_on_the_astronaut() -> No
 
 def test_identity_without_face_models_is_null_with_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     import styleme3d_ns.eval.cli as cli
-    from styleme3d_ns.eval.face_identity import INSTALL_HINT, MissingFaceModelsError
+    from styleme3d_ns.faces import INSTALL_HINT, MissingFaceModelsError
 
     def missing() -> None:
         raise MissingFaceModelsError(f"face identity needs dlib; run: {INSTALL_HINT}")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from styleme3d_ns.eval import face_identity
-from styleme3d_ns.eval.face_identity import (
+from styleme3d_ns import faces as face_identity
+from styleme3d_ns.faces import (
     SAME_PERSON_DISTANCE,
     FaceIdentity,
     MissingFaceModelsError,

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from styleme3d_ns.method_configs.sas_portrait_config import sas_portrait
 
+from styleme3d_ns.method_configs.sas_portrait_config import sas_portrait
 from styleme3d_ns.models.sas_portrait import SASPortraitModel
 from tests.conftest import method_config
 
@@ -101,7 +101,7 @@ def test_sas_and_mvdream_terms_compose_and_reach_the_geometry(
     config = portrait_config(astronaut, tmp_path, 1, style_prompt="3D cartoon style")
     trainer = _trainer(config)
     model = trainer.pipeline.model
-    assert model.sas is not None and model.mvdream is not None
+    assert "sas" in model.guidance and "mvdream" in model.guidance
     _ready(trainer)
     camera, batch = trainer.pipeline.datamanager.next_train(0)
     losses = model.get_loss_dict(model(camera), batch)
@@ -134,10 +134,10 @@ def test_missing_diffusion_weights_are_skipped_with_a_reason_or_stop_the_run(
     monkeypatch.setenv("INSIGHTFACE_HOME", str(tmp_path / "no-insightface"))
     logged: list[str] = []
     monkeypatch.setattr(
-        "styleme3d_ns.models.sas_portrait.CONSOLE.log", lambda *a, **k: logged.append(" ".join(map(str, a)))
+        "styleme3d_ns.models.guided_splat.CONSOLE.log", lambda *a, **k: logged.append(" ".join(map(str, a)))
     )
     model = _trainer(portrait_config(astronaut, tmp_path / "a", 1, style_prompt="3D cartoon style")).pipeline.model
-    assert model.sas is None and model.mvdream is None
+    assert "sas" not in model.guidance and "mvdream" not in model.guidance
     sas_line = next(line for line in logged if line.startswith("SAS off:"))
     mv_line = next(line for line in logged if line.startswith("MVDream 3D loss off:"))
     assert "--pipeline.model.face-embedding" in sas_line and "--pipeline.model.mvdream.checkpoint" in mv_line
@@ -167,10 +167,11 @@ def test_offline_silhouette_prior_keeps_the_template_opaque_from_the_side(astron
 
     trainer = _trainer(portrait_config(astronaut, tmp_path, 1))
     model = _ready(trainer)
-    assert model._silhouette_on  # no diffusion weights here: the offline prior is on
+    prior = model.guidance.get("silhouette")
+    assert prior is not None  # no diffusion weights here: the offline prior is on
     side = model.rig.turntable(4)[1:2].to(model.device)  # 90 degrees from the photo
-    mask = template_silhouette(model._template_points, side.camera_to_worlds[0], side.get_intrinsics_matrices()[0],
-                               64, 64, model._template_spacing)  # fmt: skip
+    mask = template_silhouette(prior.points, side.camera_to_worlds[0], side.get_intrinsics_matrices()[0],
+                               64, 64, prior.spacing)  # fmt: skip
     assert 0.1 < float(mask.float().mean()) < 0.6  # a head-sized silhouette, not empty, not the whole frame
     opaque = torch.ones(64, 64)
     assert float(silhouette_loss(opaque, mask)) == 0.0

@@ -37,12 +37,12 @@ def tiny_experts(monkeypatch: pytest.MonkeyPatch, tiny_clip: tuple[Path, Path]) 
         guidance = DynamicStyleScoreDistillation(
             config, components, tiny_image_encoder(), ip_adapter_state_dict=adapter
         )
-        guidance.set_style(self._style_image)
+        guidance.set_style(self.style_image())
         return guidance
 
     def csd(self: StyleMe3DModel) -> CSDStyleLoss:
         loss = CSDStyleLoss(self.config.csd, tiny_csd(seed=0))
-        loss.set_style(self._style_image)
+        loss.set_style(self.style_image())
         return loss
 
     def qa(self: StyleMe3DModel) -> QualityPrior:
@@ -67,7 +67,7 @@ def test_all_four_experts_train_the_colours_only(
                               style_prompt="a watercolor painting")  # fmt: skip
     trainer = _trainer(config)
     model = trainer.pipeline.model
-    assert all(getattr(model, name) is not None for name in EXPERTS)
+    assert set(model.guidance) == set(EXPERTS)
     camera, batch = trainer.pipeline.datamanager.next_train(0)
     model.train()
     losses = model.get_loss_dict(model(camera), batch)
@@ -94,16 +94,16 @@ def test_experts_without_weights_are_skipped_with_a_reason_or_stop_the_run(
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
     logged: list[str] = []
     monkeypatch.setattr(
-        "styleme3d_ns.models.styleme3d.CONSOLE.log", lambda *a, **k: logged.append(" ".join(map(str, a)))
+        "styleme3d_ns.models.guided_splat.CONSOLE.log", lambda *a, **k: logged.append(" ".join(map(str, a)))
     )
     config = styleme3d_config(scene_dir, tmp_path / "a", 1, base_checkpoint=base_checkpoint, style_image=style_path)
     model = _trainer(config).pipeline.model
-    assert model.sos is not None and model.dssd is None and model.csd is None and model.qa is None
+    assert set(model.guidance) == {"sos"}
     for name, flag in (("DSSD", "--pipeline.model.dssd.sd-model"), ("CSD", "--pipeline.model.csd.weights"),
                        ("3DG-QA", "--pipeline.model.qa.pretrained")):  # fmt: skip
         line = next(entry for entry in logged if entry.startswith(f"{name} off:"))
         assert flag in line and "\n" not in line
-    assert any(entry.startswith("styleme3d experts active: SOS on efficientnet-lite0") for entry in logged)
+    assert any(entry.startswith("styleme3d terms active: SOS on efficientnet-lite0") for entry in logged)
 
     strict = styleme3d_config(scene_dir, tmp_path / "b", 1, base_checkpoint=base_checkpoint, style_image=style_path,
                               missing_experts="error")  # fmt: skip

@@ -13,12 +13,21 @@ from styleme3d_ns.models.surface_densify import (
     SurfaceGuidedStrategy,
     gaussian_offsets,
     knn_indices,
-    paper_001_strategy,
     pca_normals,
     surface_guided_samples,
     tangent_project,
 )
 from styleme3d_ns.render import rasterize
+
+
+def shipped_strategy(**overrides: object) -> SurfaceGuidedStrategy:
+    """The strategy `ns-train sas-portrait` builds (paper 001 IV.A.2's numbers in its method config), then
+    `overrides` for what a test isolates."""
+    from styleme3d_ns.method_configs.sas_portrait_config import sas_portrait
+    from styleme3d_ns.models.guided_splat import splatfacto_strategy
+
+    default = splatfacto_strategy(sas_portrait.config.pipeline.model, num_train_data=1)
+    return SurfaceGuidedStrategy.from_default(default, **overrides)
 
 
 def angle_deg(a: Tensor, b: Tensor) -> Tensor:
@@ -132,7 +141,8 @@ def grown_cloud() -> tuple[torch.nn.ParameterDict, dict[str, torch.optim.Optimiz
         opt.step()
     grads = torch.zeros(600)
     grads[::3] = 1e-3  # above 0.0002
-    state = {"grad2d": grads, "count": torch.ones(600), "scene_scale": 1.0}
+    # screen radii well below the shipped screen-size split (5% of the image): only the gradient decides growth here
+    state = {"grad2d": grads, "count": torch.ones(600), "radii": torch.zeros(600), "scene_scale": 1.0}
     return gauss, optimizers, state
 
 
@@ -146,7 +156,7 @@ def grow(strategy: DefaultStrategy, seed: int) -> tuple[torch.nn.ParameterDict, 
 def test_strategy_grows_exactly_like_gsplat_but_children_stay_on_the_surface() -> None:
     gsplat_default = DefaultStrategy(refine_every=100, grow_grad2d=0.0002, grow_scale3d=0.01, absgrad=False)
     default_gauss, _, default_state, default_counts = grow(gsplat_default, seed=0)
-    gauss, optimizers, state, counts = grow(paper_001_strategy(offset_clones=False), seed=0)
+    gauss, optimizers, state, counts = grow(shipped_strategy(offset_clones=False), seed=0)
     n_dupli, n_split = counts
     assert counts == default_counts and n_dupli == 100 and n_split == 100
     assert set(state) == set(default_state), "no bookkeeping key is left behind"
@@ -176,13 +186,13 @@ def test_strategy_grows_exactly_like_gsplat_but_children_stay_on_the_surface() -
 
 def test_clones_get_a_tangent_offset_by_default_and_stay_put_without_it() -> None:
     points, normal = plane_cloud(600)
-    gauss, _, _, (n_dupli, n_split) = grow(paper_001_strategy(), seed=1)
+    gauss, _, _, (n_dupli, n_split) = grow(shipped_strategy(), seed=1)
     clones = slice(600 - n_split, 600 - n_split + n_dupli)
     cloned_from = torch.arange(0, 600, 6)  # small (even) and high-gradient (multiple of 3) Gaussians
     offsets = gauss["means"][clones] - points[cloned_from]
     assert (offsets.norm(dim=-1) > 0).all()  # eq. 5-6: d ~ N(0, Sigma), then projected
     assert (offsets @ normal).abs().max() < 1e-5
-    gauss, _, _, _ = grow(paper_001_strategy(offset_clones=False), seed=1)
+    gauss, _, _, _ = grow(shipped_strategy(offset_clones=False), seed=1)
     assert torch.equal(gauss["means"][clones], points[cloned_from])
 
 
@@ -195,7 +205,7 @@ def test_from_default_copies_every_setting() -> None:
 
 
 def test_paper_001_numbers() -> None:
-    strategy = paper_001_strategy()
+    strategy = shipped_strategy()
     assert strategy.refine_every == 100  # IV.A.2: every 100 iteration steps
     assert strategy.grow_grad2d == 0.0002  # IV.A.2: beta_E
     assert strategy.grow_scale3d == 0.01  # IV.A.2: clone/split boundary
@@ -211,7 +221,7 @@ def test_step_post_backward_densifies_a_rendered_head_through_gsplats_path(one_t
     points, _ = sample_head_template(1500, seed=2)
     gauss = torch.nn.ParameterDict({k: torch.nn.Parameter(v) for k, v in init_gaussians(points, sh_degree=0).items()})
     optimizers = {k: torch.optim.Adam([p], lr=1e-3) for k, p in gauss.items()}
-    strategy = paper_001_strategy(refine_start_iter=0, grow_grad2d=1e-7, verbose=False)
+    strategy = shipped_strategy(refine_start_iter=0, grow_grad2d=1e-7, verbose=False)
     state = strategy.initialize_state(scene_scale=1.0)
     camera = front_camera(32)
     viewmat = viewmat_from_c2w(camera.camera_to_worlds)
@@ -230,9 +240,10 @@ def test_step_post_backward_densifies_a_rendered_head_through_gsplats_path(one_t
         packed=False,
         backend="torch",
     )
-    strategy.step_pre_backward(gauss, optimizers, state, 100, info)
+    step = 200  # the shipped schedule's first refine: after its step-0 opacity reset and pause (see the method config)
+    strategy.step_pre_backward(gauss, optimizers, state, step, info)
     (render - torch.rand_like(render)).square().mean().backward()
-    strategy.step_post_backward(gauss, optimizers, state, 100, info, packed=False)
+    strategy.step_post_backward(gauss, optimizers, state, step, info, packed=False)
     after = len(gauss["means"])
     assert after > before, "visible Gaussians with gradient were grown"
     assert all(len(p) == after for p in gauss.values())
@@ -244,10 +255,10 @@ def test_no_growth_is_a_no_op() -> None:
     gauss, optimizers, state = grown_cloud()
     state["grad2d"].zero_()
     means = gauss["means"].detach().clone()
-    assert paper_001_strategy()._grow_gs(gauss, optimizers, state, step=200) == (0, 0)
+    assert shipped_strategy()._grow_gs(gauss, optimizers, state, step=200) == (0, 0)
     assert torch.equal(gauss["means"], means) and "_surface_guided_parent" not in state
 
 
 def test_strategy_is_a_deepcopyable_dataclass() -> None:
-    strategy = paper_001_strategy()
+    strategy = shipped_strategy()
     assert copy.deepcopy(strategy) == strategy

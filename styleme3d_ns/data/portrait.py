@@ -287,7 +287,7 @@ def align_to_face(image: Image.Image, fov_deg: float, radius: float) -> Image.Im
     """The square face-aligned crop of `image` (padded with white where it leaves the photo), or None without a
     detectable face or without the face models (then the caller centre-crops)."""
     try:
-        from styleme3d_ns.eval.face_identity import FaceIdentity
+        from styleme3d_ns.faces import FaceIdentity
 
         faces = FaceIdentity()
     except Exception:  # noqa: BLE001 - face models are optional here: no alignment, one warning

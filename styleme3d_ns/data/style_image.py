@@ -17,13 +17,15 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from styleme3d_ns.errors import UserInputError
+
 # 8-bit modes whose conversion to RGB is lossless up to dropping alpha.
 _RGB_MODES = {"RGB"}
 _CONVERTIBLE_MODES = {"L", "P", "1", "RGBA", "LA", "PA", "RGBa", "La"}
 _FIX = "save it as an 8-bit RGB PNG or JPG"
 
 
-class StyleImageError(ValueError):
+class StyleImageError(UserInputError):
     """The style image cannot be used; the message is one line naming the path and the fix."""
 
 

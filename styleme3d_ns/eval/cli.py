@@ -29,13 +29,13 @@ from styleme3d_ns.eval.consistency import (
     pair_errors,
     select_pairs,
 )
-from styleme3d_ns.eval.face_identity import FaceIdentity, MissingFaceModelsError
 from styleme3d_ns.eval.image_metrics import lpips_missing_note, mean_lpips, mean_psnr, mean_saturation, mean_ssim
 from styleme3d_ns.eval.orbit import orbit_cameras
 from styleme3d_ns.eval.render import CameraPool, RenderedViews, load_pipeline, render_views
 from styleme3d_ns.eval.run_logs import read_run_cost
 from styleme3d_ns.eval.sheet import contact_sheet
 from styleme3d_ns.eval.style_metrics import clip_scores, csd_scores, gram_scores, no_style_scores
+from styleme3d_ns.faces import FaceIdentity, MissingFaceModelsError
 from styleme3d_ns.guidance.csd import CSD_REPO
 
 SCHEMA_VERSION = 1

@@ -299,8 +299,8 @@ class CSDStyleLoss(Guidance):
     Usage: ``loss = CSDStyleLoss(cfg, model); loss.set_style(style [1, 3, H, W]); out = loss(renders, step)``;
     returns ``{"loss", "loss_csd", "csd_similarity"}`` (scalars; ``csd_similarity`` detached, for logging).
 
-    The CSD network is deliberately not a registered submodule: its 1.2 GB are not written into training
-    checkpoints, never reach an optimiser's parameter groups and stay in eval mode; ``.to()`` still moves it.
+    The CSD network is a frozen submodule (no gradients, eval mode). Models hold guidances outside their module tree
+    (:attr:`GuidedSplatModel.guidance`), so its 1.2 GB never reach a training checkpoint or an optimiser.
     """
 
     config: CSDConfig
@@ -308,8 +308,8 @@ class CSDStyleLoss(Guidance):
     def __init__(self, config: CSDConfig, model: CSDModel) -> None:
         """``model``: a loaded :class:`CSDModel` (:meth:`from_config` loads the real one; tests pass a tiny one)."""
         super().__init__(config)
-        self._model = [model.freeze()]  # a list hides it from nn.Module registration (see class docstring)
-        self._style_embed: Tensor | None = None
+        self.model = model.freeze()
+        self.register_buffer("_style_embed", None, persistent=False)
 
     @classmethod
     def from_config(
@@ -320,18 +320,6 @@ class CSDStyleLoss(Guidance):
         model = load_csd(config.weights, device, half=config.half, hint=default_csd_hint(flag))
         param = model.last_layer_style
         return cls(config, model).to(device=param.device, dtype=param.dtype)
-
-    @property
-    def model(self) -> CSDModel:
-        """The frozen CSD network."""
-        return self._model[0]
-
-    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module's own signature
-        super()._apply(fn, recurse)
-        self.model._apply(fn, recurse)
-        if self._style_embed is not None:
-            self._style_embed = self._style_embed.to(self.device)
-        return self
 
     @torch.no_grad()
     def set_style(self, style_image: Tensor) -> None:

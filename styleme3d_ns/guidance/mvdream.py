@@ -330,8 +330,6 @@ class MVDreamSDSConfig(GuidanceConfig):
     """File name of the checkpoint inside a folder or repo."""
     base_model: str = MVDREAM_BASE_MODEL
     """Diffusers SD 2.1-base folder or cached repo id: VAE, OpenCLIP text encoder, tokenizer, noise schedule."""
-    device: str | None = None
-    """Device of the frozen networks; None: CUDA when available."""
     half: bool = True
     """float16 networks on CUDA (CPU is always float32)."""
     seed: int | None = None
@@ -350,12 +348,19 @@ class MultiViewSDS(ScheduledDiffusionGuidance):
 
     config: MVDreamSDSConfig
 
+    @classmethod
+    def from_config(cls, config: MVDreamSDSConfig, device: str | torch.device | None = None) -> MultiViewSDS:
+        """Load the networks offline (one line naming the missing weights and the flag) and build on ``device``
+        (None: CUDA when available), as every guidance is built."""
+        return cls(config, device=device)
+
     def __init__(
         self,
         config: MVDreamSDSConfig,
         components: StableDiffusionComponents | None = None,
         *,
         flag_prefix: str = "--pipeline.model.mvdream.",
+        device: str | torch.device | None = None,
     ) -> None:
         """``components`` overrides loading (e.g. tiny test models); its ``unet`` must be a
         :func:`build_multiview_unet` UNet. ``flag_prefix`` is how the user's CLI spells this config, for the
@@ -371,7 +376,7 @@ class MultiViewSDS(ScheduledDiffusionGuidance):
             )
             components = load_stable_diffusion(
                 config.base_model,
-                device=config.device,
+                device=device,
                 half=config.half,
                 hint=f"pass {flag_prefix}base-model DIR (a diffusers SD 2.1-base folder)",
                 load_unet=False,  # MVDream replaces SD 2.1's UNet: neither needed on disk nor read

@@ -139,8 +139,6 @@ class SASConfig(GuidanceConfig):
     """Subfolder of the ControlNet inside its folder/repo ('' if the folder itself holds config.json)."""
     controlnet_scale: float = 1.0
     """Multiplier of the ControlNet residuals (eq. 10 adds them unscaled: 1.0)."""
-    device: str | None = None
-    """Device of the frozen networks; None: CUDA when available."""
     half: bool = True
     """float16 networks on CUDA (CPU is always float32)."""
     seed: int | None = None
@@ -223,6 +221,12 @@ class StyleAlignedSamplingLoss(ScheduledDiffusionGuidance):
 
     config: SASConfig
 
+    @classmethod
+    def from_config(cls, config: SASConfig, device: str | torch.device | None = None) -> StyleAlignedSamplingLoss:
+        """Load the networks offline (one line naming the missing weights and the flag) and build on ``device``
+        (None: CUDA when available), as every guidance is built."""
+        return cls(config, device=device)
+
     def __init__(
         self,
         config: SASConfig,
@@ -232,6 +236,7 @@ class StyleAlignedSamplingLoss(ScheduledDiffusionGuidance):
         controlnet: ControlNetModel | None = None,
         style_statistics: LatentStatistics | None = None,
         flag_prefix: str = "--pipeline.model.sas.",
+        device: str | torch.device | None = None,
     ) -> None:
         """``components``/``ip_adapter_state``/``controlnet``/``style_statistics`` override loading or sampling
         (tests, shared models, cached statistics). ``flag_prefix`` is how the user's CLI spells this config, for the
@@ -240,7 +245,7 @@ class StyleAlignedSamplingLoss(ScheduledDiffusionGuidance):
         self.flag_prefix = flag_prefix
         if components is None:
             components = load_stable_diffusion(
-                config.sd_model, device=config.device, half=config.half, hint=f"pass {flag_prefix}sd-model DIR"
+                config.sd_model, device=device, half=config.half, hint=f"pass {flag_prefix}sd-model DIR"
             )
         self.components = components
         self.schedule = TimestepSchedule(config.timesteps, components.num_train_timesteps)

@@ -14,13 +14,11 @@ from pathlib import Path
 
 import torch
 
+from styleme3d_ns.errors import MissingWeightsError
+
 # `owner/name` or a bare `name`, as the Hub spells repo ids. A string that also exists as a local path wins.
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _TRUE = {"1", "ON", "YES", "TRUE"}
-
-
-class MissingWeightsError(RuntimeError):
-    """Model weights are not on this machine; the message is one line saying where we looked and how to fix it."""
 
 
 def _one_line(text: str) -> str:

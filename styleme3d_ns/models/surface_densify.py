@@ -202,16 +202,3 @@ class SurfaceGuidedStrategy(DefaultStrategy):
         normals = pca_normals(means_before, self.normal_neighbours, unique_parents)[inverse]
         means[first_new:] = means_before[parents] + tangent_project(offsets, normals)  # paper 001 eq. 6
         return n_dupli, n_split
-
-
-def paper_001_strategy(**overrides: Any) -> SurfaceGuidedStrategy:
-    """:class:`SurfaceGuidedStrategy` with paper 001 sec. IV.A.2's numbers (every 100 steps, beta_E = 0.0002,
-    clone/split boundary 0.01, 6-neighbour normals); anything else is gsplat's default unless overridden."""
-    settings: dict[str, Any] = {
-        "refine_every": REFINE_EVERY,
-        "grow_grad2d": GROW_GRAD2D,
-        "grow_scale3d": GROW_SCALE3D,
-        "normal_neighbours": NORMAL_NEIGHBOURS,
-        "absgrad": False,  # beta_E = 0.0002 is a threshold on the mean gradient (3DGS), not AbsGS's absolute one
-    }
-    return SurfaceGuidedStrategy(**{**settings, **overrides})

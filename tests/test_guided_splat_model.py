@@ -1,4 +1,4 @@
-"""The frozen-colour base model: loading, freezing, resuming, the colour fast path, stylisation."""
+"""The guided-splat base model: loading, phases, freezing, resuming, the colour fast path, stylisation."""
 
 from __future__ import annotations
 
@@ -176,3 +176,29 @@ def test_colour_maps_are_rebuilt_when_geometry_changes(stylised_run: Path) -> No
     reference, _, _ = model.render_colours(camera, model.features_dc, model.features_rest)
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, reference, atol=1e-6, rtol=0)
+
+
+FIXTURE_0_1_0 = Path(__file__).parent / "fixtures" / "styleme3d-0.1.0-step-000000003.ckpt"
+"""A stylised styleme3d checkpoint (150 Gaussians, SH 3, reconstruct_steps 2, 3 steps) written by the 0.1.0 model
+layer (FrozenColourSplatModel), before the phase/terms refactor."""
+
+
+def test_a_checkpoint_written_by_the_0_1_0_model_layer_loads_and_renders(
+    scene_dir: Path, style_path: Path, tmp_path: Path
+) -> None:
+    state = torch.load(FIXTURE_0_1_0, map_location="cpu", weights_only=False)  # our own fixture file
+    config = styleme3d_config(scene_dir, tmp_path, 1, style_image=style_path, reconstruct_steps=2)
+    pipeline = config.pipeline.setup(device="cpu", test_mode="val")
+    pipeline.load_pipeline(state["pipeline"], state["step"])  # strict, as ns-render / ns-export / ns-eval load it
+    model = pipeline.model
+    for key in GAUSSIAN_KEYS:
+        assert torch.equal(model.gauss_params[key].data, state["pipeline"][f"_model.gauss_params.{key}"])
+    assert model.phase == "stylise", "past reconstruct_steps the loaded run is a stylised one"
+    model.eval()
+    camera, batch = pipeline.datamanager.next_eval_image(0)
+    outputs = model.get_outputs_for_camera(camera)
+    base = model.render_base(camera.to(model.device), model.background_color)
+    torch.testing.assert_close(outputs["content_rgb"], base, atol=1e-5, rtol=0)
+    assert not torch.allclose(outputs["rgb"], outputs["content_rgb"]), "the stylised colours render, not the base"
+    metrics, _ = model.get_image_metrics_and_images(outputs, batch)
+    assert {"psnr", "content_psnr", "content_ssim", "gram_distance"} <= set(metrics)
