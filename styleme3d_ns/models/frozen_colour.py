@@ -36,6 +36,7 @@ from pytorch_msssim import SSIM
 from torch import Tensor
 from torch.nn import Parameter
 
+from styleme3d_ns.data.ply_scene import base_splat_for_model  # .ply base (issue 13)
 from styleme3d_ns.errors import exit_on_user_error
 from styleme3d_ns.models.checkpoint import GAUSSIAN_KEYS, load_gaussians
 from styleme3d_ns.render import rasterize
@@ -110,6 +111,14 @@ class FrozenColourSplatModel(SplatfactoModel):
             self.freeze_geometry()
 
     def _read_base_checkpoint(self) -> dict[str, Tensor] | None:
+        # >>> .ply base (issue 13, data/ply_scene.py): the splat comes with the data; the lead carries this over.
+        metadata = self.kwargs.get("metadata") or {}
+        if "base_splat" in metadata:
+            with exit_on_user_error():
+                base = base_splat_for_model(metadata, self.config.sh_degree)
+            CONSOLE.log(f"Base splat: {base['means'].shape[0]} Gaussians from {metadata.get('ply_path')}")
+            return base
+        # <<< .ply base
         if self.config.base_checkpoint is None:
             return None
         try:
