@@ -137,6 +137,35 @@ def atomic_path(path: Path, *, temp_dir: Path | None = None, hint: str = "") -> 
         raise
 
 
+@contextlib.contextmanager
+def new_folders(folder: Path) -> Iterator[Path]:
+    """Create `folder` and its missing parents; if the block fails, remove the ones made here that are still empty.
+
+    So a failed command leaves no empty folder behind, and never removes a folder it did not create.
+
+    Raises:
+        OutputWriteError: one line when the folder cannot be created (read-only, a file in the way, ...).
+    """
+    folder = Path(folder)
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing.append(path)
+    try:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            cause = write_cause(err, missing[-1].parent if missing else folder) or str(err)
+            raise OutputWriteError(f"cannot create folder {folder}: {cause}") from None
+        yield folder
+    except BaseException:
+        for path in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only succeeds while empty
+        raise
+
+
 def write_text_atomic(path: Path, text: str, *, hint: str = "") -> Path:
     """Write `text` (UTF-8) to `path` whole or not at all (see :func:`atomic_path`); returns `path`."""
     with atomic_path(path, hint=hint) as tmp:

@@ -31,7 +31,7 @@ from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from styleme3d_ns.atomic import OutputWriteError, atomic_path, write_cause, write_text_atomic
+from styleme3d_ns.atomic import atomic_path, new_folders, write_text_atomic
 from styleme3d_ns.errors import UserInputError, exit_on_user_error
 
 INTERRUPTED_STATUS = 130
@@ -44,7 +44,7 @@ def check_run_inputs(config: TrainerConfig) -> None:
     The data layout (our checked nerfstudio-data parser), the base checkpoint (in full, against the model's SH
     degree) and the style image. Inputs are only read.
     """
-    from styleme3d_ns.data.dataparser import CheckedNerfstudioDataParserConfig, check_nerfstudio_layout
+    from styleme3d_ns.data.dataparser import CheckedNerfstudioDataParserConfig, check_data
     from styleme3d_ns.data.style_image import load_style_image
     from styleme3d_ns.models.checkpoint import load_gaussians
 
@@ -52,7 +52,7 @@ def check_run_inputs(config: TrainerConfig) -> None:
     dataparser = getattr(datamanager, "dataparser", None)
     if isinstance(dataparser, CheckedNerfstudioDataParserConfig):
         data = getattr(datamanager, "data", None) or dataparser.data
-        check_nerfstudio_layout(data)
+        check_data(data)
     model = config.pipeline.model
     if getattr(model, "base_checkpoint", None) is not None:
         load_gaussians(
@@ -62,16 +62,6 @@ def check_run_inputs(config: TrainerConfig) -> None:
         )
     if getattr(model, "style_image", None) is not None:
         load_style_image(model.style_image)
-
-
-def _missing_folders(folder: Path) -> list[Path]:
-    """`folder` and those of its parents that do not exist yet, deepest first (the ones a mkdir would create)."""
-    missing = []
-    for path in (folder, *folder.parents):
-        if path.exists():
-            break
-        missing.append(path)
-    return missing
 
 
 @dataclass
@@ -85,19 +75,9 @@ class StyleTrainerConfig(TrainerConfig):
         with exit_on_user_error():
             check_run_inputs(self)
             base_dir = self.get_base_dir()
-            created = _missing_folders(base_dir)
-            try:
-                base_dir.mkdir(parents=True, exist_ok=True)
+            with new_folders(base_dir):
                 CONSOLE.log(f"Saving config to: {base_dir / 'config.yml'}")
                 write_text_atomic(base_dir / "config.yml", yaml.dump(self), hint="choose another --output-dir")
-            except BaseException as err:
-                for folder in created:  # deepest first; only folders this call made, and only if still empty
-                    if folder.is_dir() and not any(folder.iterdir()):
-                        folder.rmdir()
-                if isinstance(err, OSError):
-                    cause = write_cause(err, created[-1].parent if created else base_dir) or str(err)
-                    raise OutputWriteError(f"cannot create run folder {base_dir}: {cause}") from None
-                raise
 
 
 class StyleTrainer(Trainer):
