@@ -7,12 +7,15 @@ from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanagerConfig
 from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
-from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.models.base_model import ModelConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from styleme3d_ns.method_configs.schedulers import FloatExponentialDecaySchedulerConfig
 
 from styleme3d_ns.data.dataparser import CheckedNerfstudioDataParserConfig
+from styleme3d_ns.trainer import StyleTrainerConfig
+
+LOCAL_VIEWER_HOST = "127.0.0.1"
+"""The viewer serves this machine only; `--viewer.websocket-host 0.0.0.0` opens it to the network on purpose."""
 
 
 def default_device() -> str:
@@ -64,9 +67,13 @@ def splat_trainer(
     optimizers: dict,
     steps_per_save: int = 500,
     dataparser: DataParserConfig | None = None,
-) -> TrainerConfig:
-    """A splatfacto-style TrainerConfig that runs on CPU as well as CUDA (default data: a checked nerfstudio scene)."""
-    return TrainerConfig(
+) -> StyleTrainerConfig:
+    """A splatfacto-style TrainerConfig that runs on CPU as well as CUDA (default data: a checked nerfstudio scene).
+
+    Our trainer checks inputs before writing anything, writes checkpoints atomically, saves on Ctrl-C and resumes
+    to the planned step (styleme3d_ns/trainer.py); the viewer listens on localhost only.
+    """
+    return StyleTrainerConfig(
         method_name=method_name,
         steps_per_eval_image=100,
         steps_per_eval_batch=0,
@@ -83,6 +90,6 @@ def splat_trainer(
             model=model,
         ),
         optimizers=optimizers,
-        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15, websocket_host=LOCAL_VIEWER_HOST),
         vis="viewer",
     )

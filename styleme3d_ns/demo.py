@@ -8,10 +8,6 @@ smoke test of `ns-train`, `ns-render` and `ns-export` on our methods.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +16,11 @@ import numpy as np
 import tyro
 
 from styleme3d_ns.data.scene_builder import build_scene
+from styleme3d_ns.errors import UserInputError, exit_on_user_error
+from styleme3d_ns.runs import EXPORT, DemoOutput, console_script, run_stage
+
+# What the demo writes into --output-dir: the only entries of that folder it ever replaces.
+OUTPUTS = ("scene", "runs", "export", "style_*.png", "log_*.txt", "turntable.mp4", "metrics.json", "before_after.png")
 
 
 @dataclass
@@ -27,7 +28,10 @@ class DemoConfig:
     """Offline styleme3d demo (CPU, about 5-10 minutes on 2 cores)."""
 
     output_dir: Path = Path("demo_out")
-    """Where the scene, runs, renders, video, .ply and metrics go (re-created on each run)."""
+    """Where the scene, runs, renders, video, .ply and metrics go. A folder the demo made is reused (its previous
+    outputs replaced); any other non-empty folder is refused unless --overwrite."""
+    overwrite: bool = False
+    """Write into a non-empty --output-dir the demo did not make; only the demo's own outputs there are replaced."""
     style: str = "immunohistochemistry"
     """Style image: a path, or the name of a scikit-image sample image (e.g. immunohistochemistry, brick, coffee)."""
     resolution: int = 96
@@ -40,23 +44,21 @@ class DemoConfig:
     """Stylisation steps (colour only, geometry frozen); the first quarter is SOS's fixed 0.5-scale phase."""
 
 
-def _bin(name: str) -> str:
-    """A console script installed next to this Python (the venv's ns-train etc.)."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
+def _check(config: DemoConfig) -> Path | None:
+    """Every argument checked before anything is written; returns the style file (None: a sample image name)."""
+    from styleme3d_ns.data.style_image import load_style_image
 
+    for name in ("resolution", "num_views", "reconstruct_steps", "style_steps"):
+        if getattr(config, name) < 1:
+            raise UserInputError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(config, name)})")
+    if Path(config.style).exists():
+        load_style_image(config.style)  # one line if it is not a usable image
+        return Path(config.style)
+    import skimage.data
 
-def _run(stage: str, cmd: list[str], log: Path) -> float:
-    print(f"[demo] {stage}: {' '.join(cmd)}", flush=True)
-    start = time.perf_counter()
-    with log.open("w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
-        raise SystemExit(f"[demo] {stage} failed (exit {proc.returncode}); log {log}:\n{tail}")
-    print(f"[demo]   done in {seconds:.0f} s (log: {log})", flush=True)
-    return seconds
+    if not callable(getattr(skimage.data, config.style, None)):
+        raise UserInputError(f"--style {config.style!r} is neither a file nor a scikit-image sample image name")
+    return None
 
 
 def _style_image(style: str, out: Path) -> Path:
@@ -65,10 +67,7 @@ def _style_image(style: str, out: Path) -> Path:
     import skimage.data
     from PIL import Image
 
-    loader = getattr(skimage.data, style, None)
-    if loader is None:
-        raise SystemExit(f"[demo] --style {style!r} is neither a file nor a scikit-image sample image name")
-    image = np.asarray(loader())
+    image = np.asarray(getattr(skimage.data, style)())
     path = out / f"style_{style}.png"
     Image.fromarray(image[..., :3] if image.ndim == 3 else image).save(path)
     return path
@@ -76,20 +75,21 @@ def _style_image(style: str, out: Path) -> Path:
 
 def _train(out: Path, name: str, scene: Path, steps: int, extra: list[str]) -> Path:
     cmd = [
-        _bin("ns-train"), "styleme3d", "--data", str(scene), "--output-dir", str(out / "runs"),
+        console_script("ns-train"), "styleme3d", "--data", str(scene), "--output-dir", str(out / "runs"),
         "--experiment-name", name, "--timestamp", "run", "--vis", "tensorboard",
         "--max-num-iterations", str(steps), "--steps-per-save", str(steps), *extra,
     ]  # fmt: skip
-    _run(f"ns-train ({name})", cmd, out / f"log_train_{name}.txt")
+    run_stage(f"ns-train ({name})", cmd, out / f"log_train_{name}.txt")
     return out / "runs" / name / "styleme3d" / "run" / "config.yml"
 
 
 def main(config: DemoConfig) -> None:
     start = time.perf_counter()
-    out = config.output_dir.resolve()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    folder = DemoOutput(config.output_dir, OUTPUTS, overwrite=config.overwrite, prog="styleme3d-demo")
+    with exit_on_user_error("styleme3d-demo"):
+        style_file = _check(config)
+        folder.check({"--style": style_file})
+        out = folder.prepare()
     scene = build_scene(out / "scene", num_views=config.num_views, width=config.resolution, height=config.resolution)
     style_path = _style_image(config.style, out)
     print(f"[demo] scene: {scene}  style: {style_path}", flush=True)
@@ -103,16 +103,16 @@ def main(config: DemoConfig) -> None:
     )  # fmt: skip
 
     video = out / "turntable.mp4"
-    _run("ns-render (turntable video)", [
-        _bin("ns-render"), "interpolate", "--load-config", str(style_cfg), "--output-path", str(video),
+    run_stage("ns-render (turntable video)", [
+        console_script("ns-render"), "interpolate", "--load-config", str(style_cfg), "--output-path", str(video),
         "--pose-source", "train", "--interpolation-steps", "3", "--order-poses", "True", "--frame-rate", "24",
     ], out / "log_render.txt")  # fmt: skip
-    _run("ns-export (gaussian splat .ply)", [
-        _bin("ns-export"), "gaussian-splat", "--load-config", str(style_cfg), "--output-dir", str(out / "export"),
+    run_stage("export (gaussian splat .ply, atomic ns-export)", [
+        *EXPORT, "--load-config", str(style_cfg), "--output-dir", str(out / "export"),
     ], out / "log_export.txt")  # fmt: skip
     metrics_path, sheet = out / "metrics.json", out / "before_after.png"
-    _run("styleme3d-eval (held-out views vs the base)", [
-        _bin("styleme3d-eval"), "--load-config", str(style_cfg), "--base-config", str(base_cfg),
+    run_stage("styleme3d-eval (held-out views vs the base)", [
+        console_script("styleme3d-eval"), "--load-config", str(style_cfg), "--base-config", str(base_cfg),
         "--output", str(metrics_path), "--sheet", str(sheet),
     ], out / "log_eval.txt")  # fmt: skip
 
@@ -130,7 +130,7 @@ def main(config: DemoConfig) -> None:
     print(f"[demo] turntable video:               {video}")
     print(f"[demo] exported splat:                {out / 'export' / 'splat.ply'}")
     print(f"[demo] metrics:                       {metrics_path}")
-    print(f"[demo] view it live: ns-viewer --load-config {style_cfg}")
+    print(f"[demo] view it live (this machine only): styleme3d-viewer --load-config {style_cfg}")
     print(f"[demo] total {time.perf_counter() - start:.0f} s")
 
 

@@ -8,14 +8,19 @@ offline part of the method: template init, surface-guided densification, the pho
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import tyro
 
-from styleme3d_ns.demo import _bin, _run
+from styleme3d_ns.errors import UserInputError, exit_on_user_error
+from styleme3d_ns.runs import EXPORT, DemoOutput, console_script, run_stage
+
+PROG = "styleme3d-demo-portrait"
+# What the demo writes into --output-dir: the only entries of that folder it ever replaces.
+OUTPUTS = ("logs", "runs", "crop", "export", "astronaut.png", "turntable.json", "turntable.mp4", "metrics*.json",
+           "metrics_sheet.png")  # fmt: skip
 
 
 @dataclass
@@ -23,7 +28,10 @@ class PortraitDemoConfig:
     """Offline sas-portrait demo on scikit-image's astronaut photo (CPU, a few minutes on 2 cores)."""
 
     output_dir: Path = Path("demo_portrait_out")
-    """Where the photo, run, turntable video, .ply and metrics go (re-created on each run)."""
+    """Where the photo, run, turntable video, .ply and metrics go. A folder the demo made is reused (its previous
+    outputs replaced); any other non-empty folder is refused unless --overwrite."""
+    overwrite: bool = False
+    """Write into a non-empty --output-dir the demo did not make; only the demo's own outputs there are replaced."""
     photo: Path | None = None
     """Portrait photo; default: skimage.data.astronaut()."""
     style_prompt: str = "3D cartoon style"
@@ -36,11 +44,24 @@ class PortraitDemoConfig:
     """Frames of the turntable video and of the identity/saturation scores (paper 001: 120)."""
 
 
+def _check(config: PortraitDemoConfig) -> None:
+    """Every argument checked before anything is written (one line each)."""
+    for name in ("image_size", "steps", "turntable_views"):
+        if getattr(config, name) < 1:
+            raise UserInputError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(config, name)})")
+    if config.photo is not None and not config.photo.is_file():
+        what = "is a folder" if config.photo.is_dir() else "does not exist"
+        raise UserInputError(f"--photo {config.photo} {what}; pass a portrait image file (PNG/JPG)")
+
+
 def main(config: PortraitDemoConfig) -> dict:
     start = time.perf_counter()
-    out = config.output_dir
-    shutil.rmtree(out, ignore_errors=True)
-    (out / "logs").mkdir(parents=True)
+    folder = DemoOutput(config.output_dir, OUTPUTS, overwrite=config.overwrite, prog=PROG)
+    with exit_on_user_error(PROG):
+        _check(config)
+        folder.check({"--photo": config.photo})
+        out = folder.prepare()
+    (out / "logs").mkdir()
     photo = config.photo
     if photo is None:
         import skimage.data
@@ -49,24 +70,27 @@ def main(config: PortraitDemoConfig) -> dict:
         photo = out / "astronaut.png"
         Image.fromarray(skimage.data.astronaut()).save(photo)
     train = [
-        _bin("ns-train"), "sas-portrait", "--data", str(photo), "--output-dir", str(out / "runs"),
+        console_script("ns-train"), "sas-portrait", "--data", str(photo), "--output-dir", str(out / "runs"),
         "--experiment-name", "portrait", "--timestamp", "run", "--vis", "tensorboard",
         "--max-num-iterations", str(config.steps), "--steps-per-save", str(config.steps),
         "--pipeline.model.style-prompt", config.style_prompt,
         "styleme3d-portrait", "--image-size", str(config.image_size), "--cache-dir", str(out / "crop"),
     ]  # fmt: skip
-    generation = _run("generate the 3D head (ns-train sas-portrait)", train, out / "logs" / "train.log")
+    generation = run_stage("generate the 3D head (ns-train sas-portrait)", train, out / "logs" / "train.log")
     run = out / "runs" / "portrait" / "sas-portrait" / "run" / "config.yml"
     video = out / "turntable.mp4"
-    turntable = [_bin("styleme3d-turntable"), "--load-config", str(run), "--output", str(out / "turntable.json"),
+    turntable = [console_script("styleme3d-turntable"), "--load-config", str(run),
+                 "--output", str(out / "turntable.json"),
                  "--views", str(config.turntable_views), "--video", str(video)]  # fmt: skip
-    _run("turntable video (styleme3d-turntable + ns-render camera-path)", turntable, out / "logs" / "turntable.log")
-    export = [_bin("ns-export"), "gaussian-splat", "--load-config", str(run), "--output-dir", str(out / "export")]
-    _run("export (ns-export gaussian-splat)", export, out / "logs" / "export.log")
+    run_stage(
+        "turntable video (styleme3d-turntable + ns-render camera-path)", turntable, out / "logs" / "turntable.log"
+    )
+    export = [*EXPORT, "--load-config", str(run), "--output-dir", str(out / "export")]
+    run_stage("export (gaussian splat .ply, atomic ns-export)", export, out / "logs" / "export.log")
     metrics_path = out / "metrics.json"
-    score = [_bin("styleme3d-eval"), "--load-config", str(run), "--output", str(metrics_path),
+    score = [console_script("styleme3d-eval"), "--load-config", str(run), "--output", str(metrics_path),
              "--orbit-views", str(config.turntable_views)]  # fmt: skip
-    _run("score (styleme3d-eval)", score, out / "logs" / "eval.log")
+    run_stage("score (styleme3d-eval)", score, out / "logs" / "eval.log")
     metrics = json.loads(metrics_path.read_text())
     front = metrics["portrait"]["front"]
     print(f"[demo] generation time:            {generation:.0f} s ({config.steps} steps at {config.image_size} px)")

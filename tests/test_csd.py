@@ -181,7 +181,7 @@ def test_csd_loss_is_zero_for_the_style_image_and_grads_reach_only_the_render() 
     out["loss"].backward()
     assert render.grad is not None and render.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.parameters())
-    # frozen: nothing in it trains (models keep guidances out of checkpoints: test_all_four_experts_train_the_colours_only)
+    # frozen: nothing in it trains (models keep guidances out of checkpoints: see test_styleme3d_experts.py)
     assert list(loss.parameters()) and not any(p.requires_grad for p in loss.parameters())
     expected = 1.0 - csd_similarity(model, render.detach(), style)
     torch.testing.assert_close(out["loss_csd"], expected.mean())

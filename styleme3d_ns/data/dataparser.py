@@ -3,6 +3,8 @@
 nerfstudio 1.1.5 answers a missing folder with an `AssertionError` traceback and a missing
 `transforms.json` with a `FileNotFoundError` from deep inside its JSON loader. Our methods default to
 this subclass, so the user instead gets one line naming the bad path and what should be there.
+`--data scene.ply` (or a folder holding one .ply and no transforms.json) is handed to
+:mod:`styleme3d_ns.data.ply_scene` with its defaults (`... styleme3d-ply --up-axis +z` sets its options).
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio, NerfstudioDataParserConfig
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
+from styleme3d_ns.data.ply_scene import PlySceneDataParserConfig, find_splat_ply
 from styleme3d_ns.errors import UserInputError, exit_on_user_error
 
 
@@ -44,7 +48,58 @@ def check_nerfstudio_layout(data: Path) -> Path:
             f"{len(missing)} image(s) listed in {transforms} are missing, first: {missing[0]}; "
             "file_path entries are relative to the transforms.json folder"
         )
+    _check_poses(frames, transforms)
+    _check_image_sizes(meta, frames, transforms)
     return transforms
+
+
+def check_data(data: Path) -> None:
+    """Check `--data` as this parser will read it, without parsing: a splat .ply (read by ply_scene when training
+    starts) or a nerfstudio dataset (layout, poses, image sizes). One-line UserInputError on a problem."""
+    if find_splat_ply(data) is None:
+        check_nerfstudio_layout(data)
+
+
+def _check_poses(frames: list[dict], transforms: Path) -> None:
+    """Every frame's `transform_matrix` is a 4x4 (or 3x4) camera-to-world of finite numbers."""
+    bad = []
+    for frame in frames:
+        try:
+            matrix = np.asarray(frame.get("transform_matrix"), dtype=np.float64)
+        except (TypeError, ValueError):
+            matrix = np.empty(0)
+        if matrix.shape not in ((4, 4), (3, 4)) or not np.isfinite(matrix).all():
+            bad.append(frame.get("file_path"))
+    if bad:
+        raise UserInputError(
+            f"{len(bad)} frame(s) in {transforms} have a missing, malformed or non-finite (NaN/inf) transform_matrix, "
+            f"first: {bad[0]}; fix those poses or remove the frames"
+        )
+
+
+def _check_image_sizes(meta: dict, frames: list[dict], transforms: Path) -> None:
+    """Each image's pixel size equals the `w`/`h` the frame (or the file) states; images are opened header-only."""
+    from PIL import Image
+
+    wrong = []
+    for frame in frames:
+        stated = (frame.get("w", meta.get("w")), frame.get("h", meta.get("h")))
+        if None in stated:
+            continue
+        path = transforms.parent / str(frame.get("file_path"))
+        try:
+            with Image.open(path) as image:
+                size = image.size
+        except (OSError, SyntaxError, ValueError) as err:
+            raise UserInputError(f"image {path} cannot be read ({type(err).__name__}); re-export it") from None
+        if size != (int(stated[0]), int(stated[1])):
+            wrong.append((frame.get("file_path"), size, stated))
+    if wrong:
+        name, (w, h), (sw, sh) = wrong[0]
+        raise UserInputError(
+            f"{len(wrong)} image(s) differ from the size stated in {transforms}, first: {name} is {w}x{h} pixels, "
+            f"w/h say {sw}x{sh}; fix w/h (or the images), e.g. re-run ns-process-data"
+        )
 
 
 @dataclass
@@ -63,7 +118,11 @@ class CheckedNerfstudio(Nerfstudio):
 
     def _generate_dataparser_outputs(self, split: str = "train"):  # noqa: ANN202 - nerfstudio's signature
         with exit_on_user_error():
-            check_nerfstudio_layout(self.config.data)
+            ply = find_splat_ply(self.config.data)
+            if ply is None:
+                check_nerfstudio_layout(self.config.data)
+        if ply is not None:  # `--data scene.ply`: a splat with no photos, styleme3d-ply's defaults
+            return PlySceneDataParserConfig(data=ply).setup().get_dataparser_outputs(split)
         return super()._generate_dataparser_outputs(split)
 
 

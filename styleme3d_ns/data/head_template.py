@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from styleme3d_ns.render.sh import SH_C0
+
 NUM_TEMPLATE_POINTS = 10_000
 """Paper 001 sec. IV.A.1: "we randomly sample N = 10,000 points from the head of the SMPL model"."""
 INIT_OPACITY = 0.2
@@ -217,7 +219,7 @@ def init_gaussians(
     n = points.shape[0]
     rgb = torch.as_tensor(colour, dtype=torch.float32).expand(3).clamp(BLACK_FLOOR, 1.0 - BLACK_FLOOR)
     if sh_degree > 0:
-        dc = (rgb - 0.5) / 0.28209479177387814  # splatfacto's RGB2SH (C0, the degree-0 SH constant)
+        dc = (rgb - 0.5) / SH_C0  # splatfacto's RGB2SH
     else:
         dc = torch.logit(rgb)
     return {

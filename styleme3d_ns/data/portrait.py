@@ -42,6 +42,7 @@ from torch import Tensor
 
 from styleme3d_ns.data.head_template import HEAD_CENTRE, NUM_TEMPLATE_POINTS, sample_head_template
 from styleme3d_ns.errors import UserInputError, exit_on_user_error
+from styleme3d_ns.render import camera
 
 FOV_Y_DEG = 49.1
 """Vertical field of view of every portrait camera. Paper 001 gives none; this is DreamGaussian's (paper 001's base
@@ -63,31 +64,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def look_at_c2w(eyes: Tensor, target: Tensor | tuple[float, float, float] = HEAD_CENTRE) -> Tensor:
-    """nerfstudio camera-to-world poses `[N, 3, 4]` (OpenGL: camera looks down its -z, +y up) at `eyes` `[N, 3]`.
-
-    Each camera looks at `target` `[3]` with its up vector in the plane of world +y (:data:`WORLD_UP`); eyes must not
-    be straight above or below the target.
-    """
-    eyes = torch.as_tensor(eyes, dtype=torch.float32).reshape(-1, 3)
-    target = torch.as_tensor(target, dtype=torch.float32)
-    back = eyes - target  # the camera's +z points away from what it looks at
-    back = back / back.norm(dim=-1, keepdim=True)
-    right = torch.linalg.cross(torch.tensor(WORLD_UP).expand_as(back), back, dim=-1)
-    if bool((right.norm(dim=-1) < 1e-6).any()):
-        raise ValueError("a camera straight above or below the target has no defined up direction")
-    right = right / right.norm(dim=-1, keepdim=True)
-    up = torch.linalg.cross(back, right, dim=-1)
-    return torch.stack([right, up, back, eyes], dim=-1)
-
-
 def orbit_poses(
     azimuth_deg: Tensor,
     elevation_deg: Tensor,
     radius: float = CAMERA_RADIUS,
     target: tuple[float, float, float] = HEAD_CENTRE,
 ) -> Tensor:
-    """`[N, 3, 4]` c2w poses on a sphere around `target`, looking at it.
+    """`[N, 3, 4]` c2w poses (OpenGL) on a sphere around `target`, looking at it, in the template's +y-up frame.
 
     Args:
         azimuth_deg: `[N]` degrees about +y; 0 is the front camera (on +z), 90 is on +x (the subject's left).
@@ -95,14 +78,7 @@ def orbit_poses(
         radius: distance to the target.
         target: the point looked at (the head's centre).
     """
-    azimuth = torch.deg2rad(torch.as_tensor(azimuth_deg, dtype=torch.float32).reshape(-1))
-    elevation = torch.deg2rad(torch.as_tensor(elevation_deg, dtype=torch.float32).reshape(-1))
-    direction = torch.stack(
-        [torch.cos(elevation) * torch.sin(azimuth), torch.sin(elevation), torch.cos(elevation) * torch.cos(azimuth)],
-        dim=-1,
-    )
-    target_t = torch.tensor(target, dtype=torch.float32)
-    return look_at_c2w(target_t + radius * direction, target_t)
+    return camera.orbit_poses(azimuth_deg, elevation_deg, radius, target, up=WORLD_UP, azimuth_zero=(0.0, 0.0, 1.0))
 
 
 def portrait_cameras(c2w: Tensor, image_size: int, fov_deg: float = FOV_Y_DEG) -> Cameras:

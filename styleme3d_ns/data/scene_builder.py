@@ -39,9 +39,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import torch
 import tyro
 from PIL import Image
 from plyfile import PlyData, PlyElement
+
+from styleme3d_ns.render.camera import homogeneous, orbit_poses
 
 GROUND_Z = -0.5
 """Height of the ground disk; objects stand on it so the arrangement straddles the origin the cameras look at."""
@@ -429,20 +432,6 @@ class PinholeIntrinsics(NamedTuple):
         return cls(focal, focal, width / 2, height / 2, width, height)
 
 
-def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """OpenGL camera-to-world (4, 4) at ``eye`` looking at ``target``: columns are right, up, backward, position."""
-    backward = eye - target
-    backward = backward / np.linalg.norm(backward)
-    right = np.cross(up, backward)
-    norm = np.linalg.norm(right)
-    if norm < 1e-8:
-        raise ValueError("look_at: viewing direction is parallel to the up vector")
-    right = right / norm
-    c2w = np.eye(4)
-    c2w[:3, :4] = np.stack([right, np.cross(backward, right), backward, eye], axis=1)
-    return c2w
-
-
 def orbit_cameras(
     num_views: int,
     *,
@@ -454,20 +443,18 @@ def orbit_cameras(
 ) -> np.ndarray:
     """Camera-to-world matrices (num_views, 4, 4) on an orbit around ``target`` (nerfstudio/OpenGL convention).
 
-    View i sits at azimuth ``360 * i / num_views + azimuth_offset_deg`` and cycles through ``elevations_deg``, so
-    each elevation ring is evenly spread around the object when ``num_views`` is a multiple of the ring count (which
-    also keeps the mean camera up vector on ``up``, what nerfstudio's ``orientation_method="up"`` aligns with +Z).
-    A single elevation gives a turntable. Elevations are measured from the plane orthogonal to ``up`` (assumed +Z).
+    View i sits at azimuth ``360 * i / num_views + azimuth_offset_deg`` (from +x for a +Z ``up``) and cycles through
+    ``elevations_deg``, so each elevation ring is evenly spread around the object when ``num_views`` is a multiple of
+    the ring count (which also keeps the mean camera up vector on ``up``, what nerfstudio's
+    ``orientation_method="up"`` aligns with +Z). A single elevation gives a turntable. Elevations are measured from
+    the plane orthogonal to ``up``; the poses are :func:`styleme3d_ns.render.camera.orbit_poses`'.
     """
     if num_views < 1:
         raise ValueError("num_views must be >= 1")
-    target_arr, up_arr = np.asarray(target, dtype=np.float64), np.asarray(up, dtype=np.float64)
-    azimuths = np.radians(np.arange(num_views) * 360.0 / num_views + azimuth_offset_deg)
-    elevations = np.radians(np.resize(np.asarray(elevations_deg, dtype=np.float64), num_views))
-    offsets = radius * np.stack(
-        [np.cos(elevations) * np.cos(azimuths), np.cos(elevations) * np.sin(azimuths), np.sin(elevations)], -1
-    )
-    return np.stack([look_at(target_arr + offset, target_arr, up_arr) for offset in offsets])
+    azimuths = np.arange(num_views) * 360.0 / num_views + azimuth_offset_deg
+    elevations = np.resize(np.asarray(elevations_deg, dtype=np.float64), num_views)
+    poses = orbit_poses(azimuths, elevations, radius, target, up, dtype=torch.float64)
+    return homogeneous(poses).numpy()
 
 
 def camera_rays(

@@ -4,7 +4,8 @@ Accepted: anything PIL reads as 8-bit RGB, greyscale, palette or bilevel, with o
 images are expanded to RGB; an alpha channel is composited over white (transparent areas of a style PNG are
 "paper", and black would inject dark colours into the style statistics), both with a warning. Rejected with
 :class:`StyleImageError`: missing or unreadable files, and modes with no faithful 8-bit RGB reading (16-bit or float
-TIFF/PNG, CMYK, LAB, YCbCr, multi-band images).
+TIFF/PNG, CMYK, LAB, YCbCr, multi-band images). Warned about, then used: images under :data:`MIN_STYLE_SIDE` pixels
+on a side, and animated images (GIF, APNG, WebP), read as their first frame.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from styleme3d_ns.errors import UserInputError
 _RGB_MODES = {"RGB"}
 _CONVERTIBLE_MODES = {"L", "P", "1", "RGBA", "LA", "PA", "RGBa", "La"}
 _FIX = "save it as an 8-bit RGB PNG or JPG"
+MIN_STYLE_SIDE = 32
+"""Shorter sides below this many pixels are warned about. The deepest style taps (VGG r51, EfficientNet block4) see
+the image at 1/16 of its size: a smaller image gives them at most one feature cell, a flat colour, no texture."""
 
 
 class StyleImageError(UserInputError):
@@ -50,11 +54,25 @@ def load_style_image(path: str | Path, max_side: int | None = 512) -> Tensor:
         raise _error(path, what, "check the path (e.g. --style-image PATH)")
     try:
         with Image.open(path) as img:
+            frames = getattr(img, "n_frames", 1)
             img.load()
             image = img.copy()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise _error(path, f"cannot be read as an image ({type(err).__name__})", f"re-export it; {_FIX}") from None
 
+    if min(image.size) < MIN_STYLE_SIDE:
+        warnings.warn(
+            f"Style image '{path}' is only {image.width}x{image.height} pixels: the style network downsamples by 16, "
+            f"so below {MIN_STYLE_SIDE} px it sees little more than a flat colour; use a picture of 256 px or more.",
+            UserWarning,
+            stacklevel=2,
+        )
+    if frames > 1:
+        warnings.warn(
+            f"Style image '{path}' is animated ({frames} frames): only the first frame is used as the style.",
+            UserWarning,
+            stacklevel=2,
+        )
     mode = image.mode
     if mode not in _RGB_MODES | _CONVERTIBLE_MODES:
         raise _error(path, f"has pixel mode '{mode}' ({len(image.getbands())} bands), not 8-bit RGB/greyscale", _FIX)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 import tyro
 from torch import Tensor
 
+from styleme3d_ns.atomic import atomic_path, check_writable, new_folders, write_text_atomic
 from styleme3d_ns.errors import UserInputError, exit_on_user_error
 from styleme3d_ns.eval.consistency import (
     DEFAULT_DEPTH_TOLERANCE,
@@ -281,24 +281,35 @@ def _reject_nan(value: Any, where: str = "metrics") -> None:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
-    """Write `data` as indented JSON via a temporary file and a rename, so readers never see half a file.
+    """Write `data` as indented JSON whole or not at all (styleme3d_ns.atomic), creating its folder.
 
     PSNR of identical images is written as `Infinity` (Python's json reads it back as inf); NaN is refused.
     """
     _reject_nan(data)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    with new_folders(path.parent):
+        return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
-def _sheet(config: EvalConfig, base: RenderedViews, stylised: RenderedViews, style: Tensor | None) -> Path:
-    path = config.sheet or config.output.with_name(f"{config.output.stem}_sheet.png")
-    extra = [style[0].permute(1, 2, 0)] if style is not None else []
-    rows = [[b, s, *extra] for b, s in zip(base.rgb, stylised.rgb, strict=True)]
-    return contact_sheet(rows, path)
+def _sheet_path(config: EvalConfig) -> Path:
+    return config.sheet or config.output.with_name(f"{config.output.stem}_sheet.png")
+
+
+def _write_outputs(config: EvalConfig, metrics: dict[str, Any], sheet_rows: list[list[Tensor]], start: float) -> None:
+    """The contact sheet and the metrics JSON, each whole or not at all, and together: the sheet is renamed into place
+    only once the JSON is written, so a failed write leaves neither a temporary file nor a sheet without metrics."""
+    sheet = _sheet_path(config)
+    with new_folders(sheet.parent), atomic_path(sheet) as sheet_tmp:
+        contact_sheet(sheet_rows, sheet_tmp)
+        metrics["sheet"] = str(sheet)
+        metrics["eval_seconds"] = time.perf_counter() - start
+        write_json_atomic(config.output, metrics)
+
+
+def _check_outputs_writable(config: EvalConfig) -> None:
+    """Before any rendering: the JSON and the sheet can be written where asked (one line if not)."""
+    for what, path in (("--output", config.output), ("--sheet", _sheet_path(config))):
+        check_writable(path, what=what, hint="choose another path")
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -361,6 +372,7 @@ def _render_both(
 def evaluate(config: EvalConfig) -> dict[str, Any]:
     """Render, score and write the JSON and contact sheet; returns the metrics as written."""
     _check(config)
+    _check_outputs_writable(config)
     start = time.perf_counter()
     run_config, pipeline = load_pipeline(config.load_config)
     if hasattr(pipeline.model, "rig"):
@@ -398,10 +410,9 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         "portrait": _portrait(config, pool, model, base_model, _training_photo(pipeline)) if config.portrait else None,
         "cost": {"run": read_run_cost(config.load_config.parent), "base": _base_cost(config, base_info)},
     }
-    sheet = _sheet(config, held_out_base, held_out_stylised, style)
-    metrics["sheet"] = str(sheet)
-    metrics["eval_seconds"] = time.perf_counter() - start
-    write_json_atomic(config.output, metrics)
+    extra = [style[0].permute(1, 2, 0)] if style is not None else []
+    rows = [[b, s, *extra] for b, s in zip(held_out_base.rgb, held_out_stylised.rgb, strict=True)]
+    _write_outputs(config, metrics, rows, start)
     return metrics
 
 
@@ -443,10 +454,7 @@ def _evaluate_portrait(config: EvalConfig, run_config: Any, pipeline: Any, start
     }
     every = max(1, config.orbit_views // 4)
     columns = [reference, front.rgb[0], *(orbit.rgb[i] for i in range(0, config.orbit_views, every))][:6]
-    sheet = config.sheet or config.output.with_name(f"{config.output.stem}_sheet.png")
-    metrics["sheet"] = str(contact_sheet([columns], sheet))
-    metrics["eval_seconds"] = time.perf_counter() - start
-    write_json_atomic(config.output, metrics)
+    _write_outputs(config, metrics, [columns], start)
     return metrics
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from styleme3d_ns.errors import UserInputError
+from styleme3d_ns.render import camera
 
 if TYPE_CHECKING:
     from nerfstudio.cameras.cameras import Cameras
@@ -46,19 +46,10 @@ def orbit_poses(c2ws: Tensor, num_views: int) -> Tensor:
     offsets = c2ws[:, :3, 3].double() - centre
     radius = offsets.norm(dim=-1).median()
     elevation = torch.arcsin((offsets @ up / offsets.norm(dim=-1)).clamp(-1.0, 1.0)).median()
-    e1 = offsets[0] - (offsets[0] @ up) * up
-    e1 = e1 / e1.norm()
-    e2 = torch.linalg.cross(up, e1)
-    poses = []
-    for k in range(num_views):
-        azimuth = 2.0 * math.pi * k / num_views
-        direction = torch.cos(elevation) * (math.cos(azimuth) * e1 + math.sin(azimuth) * e2) + torch.sin(elevation) * up
-        # OpenGL cameras look down -z, so their +z axis is `direction` (from the centre to the eye)
-        right = torch.linalg.cross(up, direction)
-        right = right / right.norm()
-        cam_up = torch.linalg.cross(direction, right)
-        poses.append(torch.stack([right, cam_up, direction, centre + radius * direction], dim=1))
-    return torch.stack(poses).to(c2ws.dtype)
+    azimuths = torch.arange(num_views, dtype=torch.float64) * (360.0 / num_views)
+    elevations = torch.rad2deg(elevation).expand(num_views)
+    poses = camera.orbit_poses(azimuths, elevations, radius, centre, up, azimuth_zero=offsets[0], dtype=torch.float64)
+    return poses.to(c2ws.dtype)
 
 
 def orbit_cameras(c2ws: Tensor, template: Cameras, num_views: int) -> Cameras:

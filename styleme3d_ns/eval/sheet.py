@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from styleme3d_ns.atomic import atomic_path
+
 
 def to_uint8(image: Tensor) -> np.ndarray:
     """`[H, W, 3]` float in [0, 1] (clamped) to uint8 `[H, W, 3]` in [0, 255], rounded."""
@@ -39,7 +41,6 @@ def contact_sheet(rows: list[list[Tensor]], path: Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(to_uint8(torch.cat(lines, dim=0))).save(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(to_uint8(torch.cat(lines, dim=0))).save(tmp, format="PNG")
     return path

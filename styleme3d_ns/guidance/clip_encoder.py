@@ -143,9 +143,27 @@ class ClipEncoder(nn.Module):
 
     @torch.no_grad()
     def encode_text(self, prompts: Sequence[str]) -> Tensor:
-        """Unit-norm text embeddings ``[P, D]`` (no gradient: prompts are fixed)."""
+        """Unit-norm text embeddings ``[P, D]`` (no gradient: prompts are fixed). A prompt longer than CLIP's context
+        (77 tokens with start/end) is cut there by the tokenizer, with a warning naming how much is lost."""
+        self._warn_long(prompts)
         tokens = self.tokenizer(list(prompts)).to(self.device)
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+
+    def _warn_long(self, prompts: Sequence[str]) -> None:
+        """Warn, once per prompt, when the tokenizer will drop its end (open_clip truncates silently)."""
+        limit = getattr(self.tokenizer, "context_length", None)
+        encode = getattr(self.tokenizer, "encode", None)
+        if limit is None or encode is None:
+            return
+        for prompt in prompts:
+            count = len(encode(prompt)) + 2  # + start and end tokens
+            if count > limit:
+                warnings.warn(
+                    f"CLIP prompt '{prompt[:40]}...' is {count} tokens; CLIP reads only the first {limit}, the rest "
+                    "is ignored: shorten it",
+                    UserWarning,
+                    stacklevel=3,
+                )
 
     @property
     def logit_scale(self) -> float:

@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Zeroth-order real spherical harmonic Y_0^0 = 1 / (2 sqrt(pi)); 3DGS stores colour as c = 0.5 + SH_C0 * f_dc.
-SH_C0 = 0.28209479177387814
+from styleme3d_ns.render.sh import SH_C0
 
 # Eigenvalue floor for Σ_c^{-1/2}: a flat or greyscale scene has a singular colour covariance (rank < 3), and the
 # inverse square root must stay finite there. Far below the variance of any real 8-bit image channel (~1e-3).

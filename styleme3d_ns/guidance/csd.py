@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from styleme3d_ns.guidance.base import Guidance, GuidanceConfig
 from styleme3d_ns.guidance.weights import MissingWeightsError, resolve_weights, select_device_dtype
+from styleme3d_ns.safe_load import load_data_only
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 """OpenAI CLIP's per-channel input mean (CSD and the IP-Adapter image encoder were trained with it)."""
@@ -186,22 +187,6 @@ class CSDModel(nn.Module):
 # ---------------------------------------------------------------------------------------------------------- loading
 
 
-def _checkpoint_globals() -> list:
-    """Plain-data globals pickled beside CSD's tensors (its ``args`` Namespace and numpy scalars/dtypes).
-
-    Each builds one value and runs nothing else. The numpy scalar constructor is listed under both its numpy 2 name
-    and the legacy ``numpy.core`` name the released pickle uses.
-    """
-    import numpy as np
-
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import scalar
-    dtype_classes = [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64)]
-    return [argparse.Namespace, scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtype_classes]
-
-
 def csd_state_dict(checkpoint: dict) -> dict[str, Tensor]:
     """Map a released CSD checkpoint (``{"model_state_dict": {"module.backbone.conv1.weight": ...}}``, or that inner
     dict itself) to :class:`CSDModel` keys by dropping the ``module.`` prefix of DataParallel training."""
@@ -245,8 +230,8 @@ def load_csd(
     filename = None if (local is not None and local.is_file()) else CSD_FILE
     ckpt_path = resolve_weights("CSD", path, filename=filename, hint=hint)
     try:
-        with torch.serialization.safe_globals(_checkpoint_globals()):
-            checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        # CSD's release pickles its argparse `args` beside the tensors: plain data, allowed by name
+        checkpoint = load_data_only(ckpt_path, extra_globals=(argparse.Namespace,))
         state = csd_state_dict(checkpoint)
     except Exception as err:  # noqa: BLE001 - torch.load on arbitrary bytes raises almost any type
         reason = " ".join(str(err).split())[:160] or type(err).__name__

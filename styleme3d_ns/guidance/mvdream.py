@@ -29,7 +29,6 @@ matrices into the model's 16-vectors.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from styleme3d_ns.guidance.diffusion import (
     sds_weight,
 )
 from styleme3d_ns.guidance.weights import MissingWeightsError, resolve_weights
+from styleme3d_ns.render.camera import homogeneous, orbit_poses
 
 if TYPE_CHECKING:
     from diffusers import UNet2DConditionModel
@@ -259,22 +259,10 @@ def orbit_cameras(
     OpenGL camera axes in a z-up world, MVDream's ``get_camera(..., blender_coord=True)`` convention: azimuth 0 is the
     camera on the -y axis, azimuth grows counter-clockwise seen from +z, elevation lifts the camera towards +z.
     """
-    elev = math.radians(elevation_deg)
-    mats = []
-    for k in range(num_views):
-        azim = math.radians(azimuth_start_deg + 360.0 * k / num_views)
-        eye = torch.tensor(
-            [math.cos(elev) * math.sin(azim), -math.cos(elev) * math.cos(azim), math.sin(elev)], dtype=torch.float64
-        )
-        forward = -eye / eye.norm()
-        right = torch.linalg.cross(forward, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
-        right = right / right.norm()
-        up = torch.linalg.cross(right, forward)
-        c2w = torch.eye(4, dtype=torch.float64)
-        c2w[:3, :3] = torch.stack([right, up, -forward], dim=1)
-        c2w[:3, 3] = eye * radius
-        mats.append(c2w)
-    return torch.stack(mats).to(dtype)
+    azimuths = azimuth_start_deg + 360.0 * torch.arange(num_views, dtype=torch.float64) / num_views
+    elevations = torch.full((num_views,), float(elevation_deg), dtype=torch.float64)
+    poses = orbit_poses(azimuths, elevations, radius, azimuth_zero=(0.0, -1.0, 0.0), dtype=torch.float64)
+    return homogeneous(poses).to(dtype)
 
 
 def camera_condition(c2w: Tensor) -> Tensor:

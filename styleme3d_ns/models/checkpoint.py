@@ -1,15 +1,39 @@
-"""Reading a base splat from a splatfacto (or styleme3d-ns) checkpoint, read-only."""
+"""Reading a base splat from a splatfacto (or styleme3d-ns) checkpoint, read-only, checked in full before use."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from styleme3d_ns.errors import UserInputError
+from styleme3d_ns.safe_load import load_data_only
 
 GAUSSIAN_KEYS = ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
+# trailing shape of each per-Gaussian tensor (features_rest's band count depends on the SH degree)
+_WIDTHS = {"means": (3,), "scales": (3,), "quats": (4,), "features_dc": (3,), "opacities": (1,)}
+_DAMAGED = "the checkpoint is damaged or not a splatfacto splat: re-export the base"
+DROP_NON_FINITE_FLAG = "--pipeline.model.drop-non-finite-gaussians"
+"""The model option that lets `load_gaussians(..., drop_non_finite=True)` drop NaN/inf Gaussians."""
+
+
+def newest_checkpoint(folder: Path) -> Path | None:
+    """The highest-step `step-*.ckpt` in `folder` or in its `nerfstudio_models/` (a run folder), else None.
+
+    Only complete names count: nerfstudio parses every name in the folder as a step, and our writers never leave
+    another name there (docs/reliability.md).
+    """
+    folder = Path(folder)
+    if (folder / "nerfstudio_models").is_dir():
+        folder = folder / "nerfstudio_models"
+    steps = []
+    for ckpt in folder.glob("step-*.ckpt"):
+        digits = ckpt.stem.removeprefix("step-")
+        if digits.isdigit():
+            steps.append((int(digits), ckpt))
+    return max(steps)[1] if steps else None
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -22,14 +46,13 @@ def resolve_checkpoint(path: Path) -> Path:
     if path.is_file() and path.suffix in (".yml", ".yaml"):
         path = path.parent
     if path.is_dir():
-        folder = path / "nerfstudio_models" if (path / "nerfstudio_models").is_dir() else path
-        ckpts = sorted(folder.glob("step-*.ckpt"))
-        if not ckpts:
+        newest = newest_checkpoint(path)
+        if newest is None:
             raise UserInputError(
-                f"no step-*.ckpt checkpoint in {folder}; pass --pipeline.model.base-checkpoint "
+                f"no step-*.ckpt checkpoint in {path}; pass --pipeline.model.base-checkpoint "
                 "<run>/nerfstudio_models/step-000030000.ckpt (say) from a finished splatfacto or styleme3d-ns run"
             )
-        return ckpts[-1]
+        return newest
     if not path.exists():
         raise UserInputError(
             f"base checkpoint {path} does not exist; pass --pipeline.model.base-checkpoint with the .ckpt file "
@@ -38,39 +61,93 @@ def resolve_checkpoint(path: Path) -> Path:
     return path
 
 
-def _numpy_scalar_globals() -> list:
-    """The numpy types a pickled numpy float needs (numpy 2 moved them from numpy.core to numpy._core)."""
-    import numpy as np
-
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import scalar
-    return [scalar, np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.float32))]
+def sh_degree_of(features_rest_shape: tuple[int, ...]) -> int | None:
+    """SH degree d of `features_rest` `[N, (d+1)^2 - 1, 3]`, or None when the band count is no such number."""
+    bands = features_rest_shape[1] + 1
+    degree = round(bands**0.5) - 1
+    return degree if (degree + 1) ** 2 == bands else None
 
 
-def load_gaussians(path: Path) -> dict[str, Tensor]:
-    """Gaussian parameters of a checkpoint, on CPU, without modifying the file.
+def _shape(tensor: Tensor) -> str:
+    return "[" + ", ".join(str(d) for d in tensor.shape) + "]"
+
+
+def _check_shapes(found: dict[str, Tensor], where: str) -> None:
+    """Every tensor floating point, one row per Gaussian, widths as splatfacto stores them; one line if not."""
+    for key, value in found.items():
+        if not isinstance(value, Tensor) or not value.is_floating_point():
+            kind = value.dtype if isinstance(value, Tensor) else type(value).__name__
+            raise UserInputError(f"{where}: {key} is {kind}, not a float tensor; {_DAMAGED}")
+    rows = {key: value.shape[0] if value.dim() else 0 for key, value in found.items()}
+    if len(set(rows.values())) > 1:
+        counts = ", ".join(f"{k} {n}" for k, n in rows.items())
+        raise UserInputError(f"{where}: the tensors disagree on the number of Gaussians ({counts}); {_DAMAGED}")
+    if rows["means"] == 0:
+        raise UserInputError(f"{where} holds no Gaussians (0 rows); point it at a trained splat")
+    rest = found["features_rest"]
+    for key, expected in _WIDTHS.items():
+        value = found[key]
+        if tuple(value.shape[1:]) != expected:
+            want = ", ".join(["N", *(str(d) for d in expected)])
+            raise UserInputError(f"{where}: {key} is {_shape(value)}, expected [{want}]; {_DAMAGED}")
+    if rest.dim() != 3 or rest.shape[2] != 3 or sh_degree_of(tuple(rest.shape)) is None:
+        raise UserInputError(
+            f"{where}: features_rest is {_shape(rest)}, expected [N, (d+1)^2-1, 3] for an SH degree d; {_DAMAGED}"
+        )
+
+
+def _check_sh_degree(found: dict[str, Tensor], sh_degree: int | None, where: str) -> None:
+    degree = sh_degree_of(tuple(found["features_rest"].shape))
+    if sh_degree is not None and degree != sh_degree:
+        raise UserInputError(
+            f"{where} has SH degree {degree} (features_rest {_shape(found['features_rest'])}) but "
+            f"--pipeline.model.sh-degree is {sh_degree}; pass --pipeline.model.sh-degree {degree}"
+        )
+
+
+def _finite_rows(found: dict[str, Tensor]) -> tuple[Tensor, dict[str, int]]:
+    """`[N]` bool, True where every value of the Gaussian is finite; and the count of bad rows per tensor."""
+    keep = torch.ones(found["means"].shape[0], dtype=torch.bool)
+    bad: dict[str, int] = {}
+    for key, value in found.items():
+        finite = torch.isfinite(value.reshape(value.shape[0], -1)).all(dim=1)
+        if not finite.all():
+            bad[key] = int((~finite).sum())
+        keep &= finite
+    return keep, bad
+
+
+def load_gaussians(path: Path, *, sh_degree: int | None = None, drop_non_finite: bool = False) -> dict[str, Tensor]:
+    """Gaussian parameters of a checkpoint, on CPU, checked in full, without modifying the file.
+
+    Args:
+        path: A `step-*.ckpt`, its `nerfstudio_models/` folder, the run folder or its `config.yml`.
+        sh_degree: The SH degree the model will render with; a checkpoint of another degree is a one-line error
+            naming the degree to pass. None: inferred from `features_rest`.
+        drop_non_finite: Drop Gaussians with a NaN/inf anywhere (with a warning) instead of refusing them.
 
     Returns:
         `{"means": [N, 3], "scales": [N, 3] (log), "quats": [N, 4], "features_dc": [N, 3],
-        "features_rest": [N, K-1, 3], "opacities": [N, 1] (logit)}`.
+        "features_rest": [N, (d+1)^2-1, 3], "opacities": [N, 1] (logit)}`.
+
+    Raises:
+        UserInputError: one line when the file is unreadable, holds no splat, its tensors disagree with each other or
+            with `sh_degree`, or (without `drop_non_finite`) some Gaussians are not finite.
     """
     ckpt_path = resolve_checkpoint(path)
+    where = f"base checkpoint {ckpt_path}"
     try:
-        # weights_only: a checkpoint is data, never code to run (torch's default since 2.6). nerfstudio's own
-        # scheduler stores numpy float64 learning rates, so numpy's scalar types (plain data) are allowed too.
-        with torch.serialization.safe_globals(_numpy_scalar_globals()):
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        # weights_only: a checkpoint is data, never code to run (torch's default since 2.6)
+        state = load_data_only(ckpt_path)
     except Exception as err:  # noqa: BLE001 - torch.load on arbitrary bytes raises almost any type
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserInputError(
-            f"cannot read base checkpoint {ckpt_path} ({reason[:120]}); it is corrupt or not a torch checkpoint: "
+            f"cannot read {where} ({reason[:120]}); it is corrupt or not a torch checkpoint: "
             "re-export it or point --pipeline.model.base-checkpoint at another step-*.ckpt"
         ) from None
     pipeline_state = state.get("pipeline", state) if isinstance(state, dict) else None
     if not isinstance(pipeline_state, dict):
-        raise UserInputError(f"base checkpoint {ckpt_path} holds no pipeline state; is it a nerfstudio checkpoint?")
+        raise UserInputError(f"{where} holds no pipeline state; is it a nerfstudio checkpoint?")
     found: dict[str, Tensor] = {}
     for key, value in pipeline_state.items():
         name = key.rsplit(".", 1)[-1]
@@ -79,11 +156,31 @@ def load_gaussians(path: Path) -> dict[str, Tensor]:
             f"gauss_params.{name}",
             name,
         ):
-            found[name] = value.detach().clone()
+            found[name] = value.detach().clone() if isinstance(value, Tensor) else value
     missing = [k for k in GAUSSIAN_KEYS if k not in found]
     if missing:
         raise UserInputError(
-            f"base checkpoint {ckpt_path} has no Gaussian splat (missing {', '.join(missing)}); "
+            f"{where} has no Gaussian splat (missing {', '.join(missing)}); "
             "it must come from splatfacto or a styleme3d-ns method"
         )
+    found = {k: found[k] for k in GAUSSIAN_KEYS}
+    _check_shapes(found, where)
+    _check_sh_degree(found, sh_degree, where)
+    keep, bad = _finite_rows(found)
+    if bad:
+        dropped = int((~keep).sum())
+        detail = ", ".join(f"{k} {n}" for k, n in bad.items())
+        if not drop_non_finite:
+            raise UserInputError(
+                f"{where} has {dropped} of {keep.numel()} Gaussians with NaN/inf values ({detail}); pass "
+                f"{DROP_NON_FINITE_FLAG} True to drop them, or re-train the base"
+            )
+        if dropped == keep.numel():
+            raise UserInputError(f"{where}: every Gaussian has NaN/inf values ({detail}); re-train the base")
+        warnings.warn(
+            f"{where}: dropped {dropped} of {keep.numel()} Gaussians with NaN/inf values ({detail})",
+            UserWarning,
+            stacklevel=2,
+        )
+        found = {k: v[keep] for k, v in found.items()}
     return found

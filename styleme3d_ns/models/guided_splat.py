@@ -42,6 +42,7 @@ from pytorch_msssim import SSIM
 from torch import Tensor
 from torch.nn import Parameter
 
+from styleme3d_ns.data.ply_scene import base_splat_for_model
 from styleme3d_ns.errors import UserInputError, exit_on_user_error
 from styleme3d_ns.guidance.photometric import PhotometricConfig, PhotometricL1
 from styleme3d_ns.guidance.weights import MissingWeightsError
@@ -138,9 +139,12 @@ class GuidedSplatModel(SplatfactoModel):
 
     def _read_base(self) -> dict[str, Tensor] | None:
         """The base splat: from the data parser (a .ply scene) or `--base-checkpoint`; None to start from scratch."""
-        from_data = self.kwargs.get("metadata", {}).get("base_splat")
-        if from_data is not None:
-            return from_data
+        metadata = self.kwargs.get("metadata") or {}
+        if "base_splat" in metadata:
+            with exit_on_user_error():
+                base = base_splat_for_model(metadata, self.config.sh_degree)
+            CONSOLE.log(f"Base splat: {base['means'].shape[0]} Gaussians from {metadata.get('ply_path')}")
+            return base
         if self.config.base_checkpoint is None:
             return None
         try:

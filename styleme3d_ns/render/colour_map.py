@@ -105,6 +105,11 @@ class ColourMap:
         return cls(weights, dirs, sh_degree)
 
     @property
+    def matrix(self) -> tuple[Tensor, Tensor]:
+        """The compositing weights as sparse CSR ``W`` [H * W, U] and its transpose [U, H * W] (columns: ``used``)."""
+        return self._mat, self._mat_t
+
+    @property
     def n_pairs(self) -> int:
         """Number of (pixel, Gaussian) weights stored."""
         return int(self._mat.values().numel())

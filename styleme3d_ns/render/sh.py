@@ -14,7 +14,8 @@ from torch import Tensor
 MAX_SH_DEGREE = 3
 
 # Normalisation constants of the real SH basis (values as used by gsplat).
-_C0 = 0.2820947917738781
+SH_C0 = 0.2820947917738781
+"""Y_0^0 = 1 / (2 sqrt(pi)), the degree-0 basis constant: 3DGS stores colour as c = 0.5 + SH_C0 * f_dc."""
 _C1 = 0.48860251190292
 _C2_XZ = 1.092548430592079
 _C2_ZZ_A = 0.9461746957575601
@@ -47,7 +48,7 @@ def sh_basis(degree: int, dirs: Tensor) -> Tensor:
     if not 0 <= degree <= MAX_SH_DEGREE:
         raise ValueError(f"sh_degree must be in [0, {MAX_SH_DEGREE}], got {degree}")
     ones = torch.ones_like(dirs[..., 0])
-    cols = [_C0 * ones]
+    cols = [SH_C0 * ones]
     if degree >= 1:
         x, y, z = F.normalize(dirs, p=2, dim=-1).unbind(-1)
         cols += [-_C1 * y, _C1 * z, -_C1 * x]

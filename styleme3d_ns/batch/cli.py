@@ -1,0 +1,168 @@
+"""`styleme3d-batch GRID.yaml`: every (scene, style, method) of a grid as ns-train + styleme3d-eval jobs on Ray.
+
+    styleme3d-batch grid.yaml                      # embedded local Ray, all of this machine's cores
+    styleme3d-batch grid.yaml --address auto       # an existing cluster (`ray start --head` on its head node)
+
+Finished jobs are skipped, so rerunning (after a kill, a failure or an added style) does only what is missing.
+Writes results.csv, results.json and one contact sheet per method into the grid's output folder (docs/batch.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import shlex
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import tyro
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from styleme3d_ns.batch.contact_sheet import write_contact_sheets
+from styleme3d_ns.batch.grid import Grid, load_grid
+from styleme3d_ns.batch.jobs import Job, JobResult, is_finished, plan_jobs
+from styleme3d_ns.batch.results import write_results
+from styleme3d_ns.batch.runner import RayOptions, run_on_ray
+from styleme3d_ns.errors import UserInputError, exit_on_user_error
+
+CONSOLE = Console()
+
+
+@dataclass
+class BatchConfig:
+    """Stylise every scene of a grid with every style and method: one ns-train + styleme3d-eval job each, on Ray.
+
+    Jobs whose run folder already holds a finished checkpoint and metrics are skipped; failures are listed at the
+    end and do not stop the others. See docs/batch.md for the GRID.yaml layout.
+    """
+
+    grid: tyro.conf.Positional[Path]
+    """GRID.yaml: scenes, styles, methods (and steps, options) to cross."""
+    output_dir: Path | None = None
+    """Where runs, results.csv/json and the contact sheets go (default: the grid's output_dir, else
+    <grid stem>_out beside the grid file)."""
+    address: str | None = None
+    """Ray cluster to run on: "auto" (the cluster `ray start` made on this machine), "host:port", or
+    "ray://host:10001" (Ray Client). Default: an embedded Ray on this machine. The output folder, scenes and styles
+    must be at the same paths on every node (a shared file system)."""
+    cpus_per_job: int = 2
+    """CPUs each job reserves, and its torch threads (clamped to the largest node: on 2 cores one job at a time)."""
+    gpus_per_job: float | None = None
+    """GPUs each job reserves (default: 1 when the cluster has GPUs, else 0)."""
+    num_cpus: int | None = None
+    """CPUs of the embedded Ray (default: all of this machine's). Ignored with --address."""
+    dry_run: bool = False
+    """List the jobs, their commands and which are finished; run nothing."""
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the output folder: two batches writing the same runs would race (a killed batch's
+    lock goes with its process)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".styleme3d-batch.lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserInputError(
+                f"another styleme3d-batch is running on {out}; wait for it or pass another --output-dir"
+            ) from None
+        yield
+
+
+def _describe(result: JobResult) -> str:
+    if result.status == "failed":
+        return f"[red]failed[/red] {result.job_id}: {result.reason}"
+    return f"[green]done[/green]   {result.job_id} ({result.seconds:.0f} s)"
+
+
+def _print_plan(jobs: list[Job], notes: list[str], finished: set[str]) -> None:
+    bases = sum(j.kind == "base" for j in jobs)
+    CONSOLE.print(
+        f"{len(jobs)} jobs ({bases} reconstructions, {len(jobs) - bases} stylisations): "
+        f"{len(finished)} already finished, {len(jobs) - len(finished)} to run"
+    )
+    for note in notes:
+        CONSOLE.print(f"  {note}", highlight=False, soft_wrap=True)
+
+
+def _dry_run(jobs: list[Job], finished: set[str]) -> None:
+    for job in jobs:
+        CONSOLE.print(f"{'finished' if job.id in finished else 'to run'}: {job.id} -> {job.run_dir}", highlight=False)
+        CONSOLE.print(f"    {shlex.join(job.train)}", highlight=False, soft_wrap=True)
+        if job.evaluate is not None:
+            CONSOLE.print(f"    {shlex.join(job.evaluate)}", highlight=False, soft_wrap=True)
+
+
+def _run(todo: list[Job], results: dict[str, JobResult], config: BatchConfig) -> None:
+    """Run `todo` on Ray with a progress bar, adding each result to `results` as it arrives."""
+    options = RayOptions(config.address, config.num_cpus, config.cpus_per_job, config.gpus_per_job)
+    columns = (TextColumn("[bold]jobs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=CONSOLE) as progress:
+        bar = progress.add_task("jobs", total=len(todo))
+
+        def started(where: str, cpus: int, gpus: float) -> None:
+            progress.console.print(
+                f"running on {where}: {cpus} CPUs" + (f", {gpus:g} GPU" if gpus else "") + " per job"
+            )
+
+        def arrived(result: JobResult) -> None:
+            results[result.job_id] = result
+            progress.console.print(_describe(result), highlight=False)
+            progress.advance(bar)
+
+        run_on_ray(todo, dict(results), options, arrived, started)
+
+
+def _finish(grid: Grid, jobs: list[Job], results: dict[str, JobResult]) -> int:
+    """Write results and sheets, list failures; the exit status (1 when any job failed)."""
+    sheets = write_contact_sheets(grid, jobs, results)
+    csv_path, json_path = write_results(grid.output_dir, grid.path, jobs, results, sheets)
+    counts = {s: sum(r.status == s for r in results.values()) for s in ("done", "skipped", "failed")}
+    CONSOLE.print(f"{counts['done']} done, {counts['skipped']} skipped (already finished), {counts['failed']} failed")
+    failed = [r for r in results.values() if r.status == "failed"]
+    for result in failed:
+        CONSOLE.print(f"  failed {result.job_id}: {result.reason}", highlight=False, soft_wrap=True)
+    if failed:
+        CONSOLE.print("rerun the same command to retry them (finished jobs are skipped)")
+    CONSOLE.print(f"results: {csv_path}\n         {json_path}", highlight=False)
+    for sheet in sheets:
+        CONSOLE.print(f"sheet:   {sheet}", highlight=False)
+    return 1 if failed else 0
+
+
+def main(config: BatchConfig) -> int:
+    """Plan, run what is missing, write results; the exit status."""
+    with exit_on_user_error("styleme3d-batch"):
+        if config.cpus_per_job < 1:
+            raise UserInputError(f"--cpus-per-job must be at least 1 (got {config.cpus_per_job})")
+        grid = load_grid(config.grid, config.output_dir)
+        jobs, notes = plan_jobs(grid)
+        if not any(j.kind == "stylise" for j in jobs):
+            raise UserInputError(f"{grid.path} gives no job: no method can take any of its styles ({notes[0]})")
+        finished = {j.id for j in jobs if is_finished(j)}
+        _print_plan(jobs, notes, finished)
+        if config.dry_run:
+            _dry_run(jobs, finished)
+            return 0
+        with output_lock(grid.output_dir):
+            results = {job_id: JobResult(job_id, "skipped") for job_id in finished}
+            todo = [j for j in jobs if j.id not in finished]
+            try:
+                if todo:
+                    _run(todo, results, config)
+            except KeyboardInterrupt:
+                CONSOLE.print("interrupted: finished jobs are kept; rerun the same command to do the rest")
+                return 130
+            return _finish(grid, jobs, results)
+
+
+def entrypoint() -> None:
+    """Console script `styleme3d-batch`."""
+    raise SystemExit(main(tyro.cli(BatchConfig)))
+
+
+if __name__ == "__main__":
+    entrypoint()

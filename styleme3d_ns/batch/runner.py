@@ -1,0 +1,133 @@
+"""Running jobs on Ray: an embedded local Ray by default, or an existing cluster (`--address auto|host:port|ray://`).
+
+Each job is one Ray task that reserves `cpus_per_job` CPUs (clamped to the largest node, so 2 cores run one job at
+a time) and, on a cluster with GPUs, one GPU; Ray sets CUDA_VISIBLE_DEVICES for it. A stylisation of a dataset
+scene takes its reconstruction's result as an argument, so Ray starts it only once that base has finished (and the
+waiting job holds no CPU). Ray is imported here only, when jobs are about to run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from styleme3d_ns.batch.jobs import Job, JobResult
+from styleme3d_ns.batch.worker import run_job
+from styleme3d_ns.errors import UserInputError
+
+RAY_MISSING = "Ray is not installed, and styleme3d-batch runs its jobs on Ray: pip install -e .[batch]"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how jobs run."""
+
+    address: str | None = None
+    """None: start an embedded local Ray; "auto", "host:port" or "ray://host:10001": join that cluster."""
+    num_cpus: int | None = None
+    """CPUs of the embedded Ray (default: all of this machine's)."""
+    cpus_per_job: int = 2
+    """CPUs each job reserves (and its torch threads); clamped to the largest node."""
+    gpus_per_job: float | None = None
+    """GPUs each job reserves (default: 1 when the cluster has GPUs, else 0)."""
+
+
+def import_ray() -> Any:
+    """The ray module, or a one-line error saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise UserInputError(RAY_MISSING) from None
+    return ray
+
+
+def connect(ray: Any, options: RayOptions) -> str:
+    """Start or join Ray; a one-line description of what it joined."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-report prompt or upload from a batch
+    # job output goes to each job's logs; Ray's own notices would bury the progress lines
+    common = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
+    if options.address is None:
+        ray.init(num_cpus=options.num_cpus or os.cpu_count() or 1, **common)
+        return f"embedded local Ray ({options.num_cpus or os.cpu_count()} CPUs)"
+    common.pop("include_dashboard")  # a cluster's dashboard is its own business
+    try:
+        ray.init(address=options.address, **common)
+    except (ConnectionError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserInputError(
+            f"cannot join the Ray cluster at --address {options.address}: {first}; start it with `ray start --head`"
+            " (docs/batch.md)"
+        ) from None
+    return f"Ray cluster at {options.address}"
+
+
+def job_resources(ray: Any, options: RayOptions) -> tuple[int, float]:
+    """(CPUs, GPUs) each job reserves on this cluster."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    largest = max((int(n["Resources"].get("CPU", 0)) for n in nodes), default=1)
+    cpus = max(1, min(options.cpus_per_job, largest))
+    if options.gpus_per_job is not None:
+        return cpus, options.gpus_per_job
+    has_gpu = any(n["Resources"].get("GPU", 0) >= 1 for n in nodes)
+    return cpus, 1.0 if has_gpu else 0.0
+
+
+def _ray_failure(job: Job, err: Exception) -> JobResult:
+    """A task that did not return (its worker died, or its base's did) as a failed job with one line."""
+    text = str(err).strip().splitlines()
+    detail = next((line for line in reversed(text) if line.strip()), type(err).__name__)
+    return JobResult(job.id, "failed", f"Ray could not finish it: {type(err).__name__}: {detail[:200]}")
+
+
+def run_on_ray(
+    jobs: list[Job],
+    finished: dict[str, JobResult],
+    options: RayOptions,
+    on_result: Callable[[JobResult], None],
+    on_start: Callable[[str, int, float], None] | None = None,
+) -> dict[str, JobResult]:
+    """Run `jobs` (bases before the stylisations that need them) and return each one's result.
+
+    Args:
+        jobs: the jobs still to do, in plan order.
+        finished: results of jobs already finished (their bases are handed over as these results).
+        options: where and how to run.
+        on_result: called with each result as it arrives (progress, logs).
+        on_start: called once Ray is up with (what it joined, CPUs per job, GPUs per job).
+    """
+    ray = import_ray()
+    where = connect(ray, options)
+    try:
+        cpus, gpus = job_resources(ray, options)
+        if on_start is not None:
+            on_start(where, cpus, gpus)
+        task = ray.remote(run_job).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+        refs: dict[str, Any] = {}
+        for job in jobs:
+            base = None
+            if job.base_job is not None:  # the base's pending result (Ray waits for it) or its earlier result
+                base = refs[job.base_job] if job.base_job in refs else finished.get(job.base_job)
+            refs[job.id] = task.remote(job, base, cpus)
+        return _collect(ray, jobs, refs, on_result)
+    finally:
+        ray.shutdown()
+
+
+def _collect(ray: Any, jobs: list[Job], refs: dict[str, Any], on_result: Callable[[JobResult], None]):  # noqa: ANN202
+    by_ref = {refs[job.id]: job for job in jobs}
+    results: dict[str, JobResult] = {}
+    pending = list(by_ref)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+        for ref in ready:
+            job = by_ref[ref]
+            try:
+                result = ray.get(ref)
+            except Exception as err:  # noqa: BLE001 - any Ray-level failure is this job's failure
+                result = _ray_failure(job, err)
+            results[job.id] = result
+            on_result(result)
+    return results
