@@ -112,7 +112,7 @@ def test_clip_splat_trains_from_the_cli_and_exports_its_colours(
         "--pipeline.model.clip.model-name", str(clip_config), "--pipeline.model.clip.pretrained", str(clip_checkpoint),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "clip-splat (finetune" in proc.stdout
+    assert "clip-splat terms active: CLIP" in proc.stdout
     run = tmp_path / "cli" / "clip-splat" / "t" / "config.yml"
     proc = ns("ns-export", "gaussian-splat", "--load-config", str(run), "--output-dir", str(tmp_path / "ply"))
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,6 +9,7 @@ import huggingface_hub
 import pytest
 import torch
 
+from styleme3d_ns.errors import UserInputError
 from styleme3d_ns.guidance.weights import MissingWeightsError, resolve_weights, select_device_dtype
 
 HINT = "pass --pipeline.model.weights PATH"
@@ -74,7 +75,7 @@ def test_missing_local_path_raises_one_line_error_naming_path_and_hint(tmp_path:
         resolve_weights("VGG-19", missing, hint=HINT)
     msg = str(info.value)
     assert "\n" not in msg and str(missing) in msg and "VGG-19" in msg and HINT in msg
-    assert isinstance(info.value, RuntimeError)
+    assert isinstance(info.value, UserInputError)  # every CLI boundary turns it into one line
 
 
 def test_missing_repo_raises_one_line_error_naming_repo_cache_dir_and_download_command(
