@@ -17,4 +17,9 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test,guidance,portrait,style,batch]"
+# Optional: PlayCanvas' splat converter, a reader we did not write; tests/test_ply_scene.py checks exports with it.
+if command -v npm >/dev/null 2>&1; then
+  npm install --silent --no-audit --no-fund --prefix .venv/node "@playcanvas/splat-transform@3" >/dev/null 2>&1 \
+    || echo "splat-transform not installed (npm install failed); its test skips"
+fi
 echo "styleme3d-ns installed in $(pwd)/.venv (activate with: source .venv/bin/activate)"

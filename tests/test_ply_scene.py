@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import math
 import shutil
+import subprocess
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,7 @@ from styleme3d_ns.data.ply_scene import (
 )
 from styleme3d_ns.errors import UserInputError
 from styleme3d_ns.render.camera import viewmat_from_c2w
+from styleme3d_ns.render.sh import SH_C0
 
 N_GAUSSIANS = 300
 SMALL = {"image_size": 32, "num_views": 6, "elevations_deg": (10.0, 40.0), "num_eval_views": 2}
@@ -226,3 +230,91 @@ def test_model_gets_the_files_degree_or_zero_padded_bands() -> None:
     metadata3 = {"base_splat": tiny_splat(n=7, degree=3), "base_sh_degree": 3, "ply_path": "s.ply"}
     with pytest.raises(UserInputError, match="stores SH degree 3 but --pipeline.model.sh-degree is 2"):
         base_splat_for_model(metadata3, 2)
+
+
+# ------------------------------------------------------------------------------------------------ round trip
+SPLAT_TRANSFORM = Path(__file__).resolve().parents[1] / ".venv" / "node" / "node_modules" / ".bin" / "splat-transform"
+
+
+def _export(config_yml: Path, out: Path) -> Path:
+    """`ns-export gaussian-splat --load-config config_yml --output-dir out`, in-process; the written .ply."""
+    from nerfstudio.scripts.exporter import ExportGaussianSplat
+
+    ExportGaussianSplat(load_config=config_yml, output_dir=out).main()
+    return out / "splat.ply"
+
+
+def _splat_transform_reads(ply: Path, out: Path) -> np.ndarray | None:
+    """The .splat records splat-transform (PlayCanvas' converter) writes from `ply`, or None without it."""
+    tool = shutil.which("splat-transform") or (str(SPLAT_TRANSFORM) if SPLAT_TRANSFORM.exists() else None)
+    if tool is None:
+        return None
+    subprocess.run([tool, str(ply), str(out)], check=True, capture_output=True, timeout=120)
+    record = np.dtype([("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rot", "u1", 4)])
+    return np.fromfile(out, dtype=record)
+
+
+@pytest.fixture(scope="module")
+def round_trip(tmp_path_factory: pytest.TempPathFactory, style_path: Path) -> dict[str, Path]:
+    """An INRIA-layout fixture .ply stylised by styleme3d (8 steps, 48 px), exported, imported by `--data
+    export.ply` (the default data parser, no training) and exported again."""
+    from tests.conftest import run_trainer, styleme3d_config
+
+    tmp = tmp_path_factory.mktemp("ply_round_trip")
+    fixture = write_inria_ply(tmp / "base.ply", tiny_splat(degree=3))
+    torch.manual_seed(0)
+    stylise = styleme3d_config(fixture, tmp / "runs", 8, style_image=style_path)
+    parser = PlySceneDataParserConfig(cache_dir=tmp / "cache", **{**SMALL, "image_size": 48})
+    stylise.pipeline.datamanager = replace(stylise.pipeline.datamanager, dataparser=parser)
+    stylised = run_trainer(stylise)
+    first = _export(stylised, tmp / "export1")
+    with pytest.MonkeyPatch.context() as patch:  # the default parser's cache goes to the system temp dir
+        patch.setattr(tempfile, "tempdir", str(tmp))
+        # one step at learning rate 0 (nerfstudio saves no checkpoint for zero steps): import, then export
+        reimport = styleme3d_config(first, tmp / "reimport", 1, style_image=style_path)
+        reimport.optimizers = {
+            k: {**v, "optimizer": replace(v["optimizer"], lr=0.0)} for k, v in reimport.optimizers.items()
+        }
+        second = _export(run_trainer(reimport), tmp / "export2")
+    return {"fixture": fixture, "stylised": stylised, "first": first, "second": second, "tmp": tmp}
+
+
+def test_export_import_export_is_bit_identical(round_trip: dict[str, Path]) -> None:
+    first, second = read_columns(round_trip["first"]), read_columns(round_trip["second"])
+    assert list(first) == list(second)
+    for name in first:
+        assert first[name].dtype == second[name].dtype and np.array_equal(first[name], second[name]), name
+    assert round_trip["first"].read_bytes() == round_trip["second"].read_bytes()
+
+
+def test_export_keeps_the_geometry_and_carries_the_stylised_colours(round_trip: dict[str, Path]) -> None:
+    from styleme3d_ns.models.checkpoint import load_gaussians
+
+    fixture, exported = read_columns(round_trip["fixture"]), read_columns(round_trip["first"])
+    assert list(exported) == list(fixture), "nerfstudio writes the INRIA property order"
+    geometry = ["x", "y", "z", "opacity", *(f"scale_{i}" for i in range(3)), *(f"rot_{i}" for i in range(4))]
+    for name in geometry:
+        assert np.array_equal(exported[name], fixture[name]), name
+    stylised = load_gaussians(round_trip["stylised"].parent)
+    dc = np.stack([exported[f"f_dc_{i}"] for i in range(3)], axis=1)
+    assert np.array_equal(dc, stylised["features_dc"].numpy()), "the export holds the trained colours"
+    assert not np.array_equal(dc, np.stack([fixture[f"f_dc_{i}"] for i in range(3)], axis=1)), "and they moved"
+    rest = np.stack([exported[f"f_rest_{i}"] for i in range(45)], axis=1)
+    assert np.array_equal(rest, stylised["features_rest"].transpose(1, 2).reshape(-1, 45).numpy())
+
+
+def test_playcanvas_splat_transform_reads_the_export(round_trip: dict[str, Path]) -> None:
+    """A reader someone else wrote sees the same Gaussians and the stylised colours (install: scripts/install.sh)."""
+    records = _splat_transform_reads(round_trip["first"], round_trip["tmp"] / "export.splat")
+    if records is None:
+        pytest.skip("splat-transform is not installed (scripts/install.sh installs it when npm is available)")
+    columns = read_columns(round_trip["first"])
+    assert records.shape == (N_GAUSSIANS,)
+    assert np.array_equal(records["position"], np.stack([columns[c] for c in "xyz"], axis=1))
+    scales = np.exp(np.stack([columns[f"scale_{i}"] for i in range(3)], axis=1))
+    np.testing.assert_allclose(records["scale"], scales, rtol=1e-6)
+    dc = np.stack([columns[f"f_dc_{i}"] for i in range(3)], axis=1).astype(np.float64)
+    colour = np.clip((0.5 + SH_C0 * dc) * 255, 0, 255)
+    alpha = 255 / (1 + np.exp(-columns["opacity"].astype(np.float64)))
+    expected = np.concatenate([colour, alpha[:, None]], axis=1)
+    assert np.abs(records["rgba"].astype(np.float64) - expected).max() <= 1.0

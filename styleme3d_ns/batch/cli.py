@@ -81,7 +81,7 @@ def _describe(result: JobResult) -> str:
 def _print_plan(jobs: list[Job], notes: list[str], finished: set[str]) -> None:
     bases = sum(j.kind == "base" for j in jobs)
     CONSOLE.print(
-        f"{len(jobs)} jobs ({bases} reconstructions, {len(jobs) - bases} stylisations): "
+        f"{len(jobs)} jobs ({bases} reconstruction{'s' * (bases != 1)}, {len(jobs) - bases} stylisations): "
         f"{len(finished)} already finished, {len(jobs) - len(finished)} to run"
     )
     for note in notes:

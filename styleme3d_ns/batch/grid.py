@@ -148,6 +148,19 @@ def _is_run(path: Path) -> bool:
     return run_config_file(path).is_file() or (path / "nerfstudio_models").is_dir()
 
 
+def _splat_ply(path: Path, where: str) -> Path | None:
+    """The .ply a bare scene path means: the file, or the one .ply of a folder without transforms.json (the rule
+    ns-train's --data follows, styleme3d_ns.data.ply_scene.find_splat_ply)."""
+    if path.suffix.lower() == ".ply":
+        return path
+    if not path.is_dir() or (path / "transforms.json").exists() or _is_run(path):
+        return None
+    plys = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".ply")
+    if len(plys) > 1:
+        raise UserInputError(f"{where}: {path} holds {len(plys)} .ply files; name the splat itself (<folder>/x.ply)")
+    return plys[0] if plys else None
+
+
 def _base_run(path: Path, where: str) -> Path:
     """A base run folder with a checkpoint (a config.yml path means its folder)."""
     folder = path.parent if path.suffix in (".yml", ".yaml") else path
@@ -164,8 +177,9 @@ def _scene(name: str | None, entry: Any, root: Path, grid: Path) -> Scene:
     where = f"scene {name!r} in {grid}" if name else f"a scene in {grid}"
     if isinstance(entry, str | Path):
         path = _path(entry, where, root)
-        kind = "ply" if path.suffix.lower() == ".ply" else "base" if _is_run(path) else "data"
-        entry = {kind: str(path)}
+        ply = _splat_ply(path, where)
+        kind = "ply" if ply is not None else "base" if _is_run(path) else "data"
+        entry = {kind: str(ply or path)}
     if not isinstance(entry, dict):
         raise UserInputError(f"{where} must be a path or a mapping with data, base or ply (got {entry!r})")
     _keys(entry, ("data", "base", "ply"), where)

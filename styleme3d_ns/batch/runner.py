@@ -55,7 +55,7 @@ def connect(ray: Any, options: RayOptions) -> str:
     common.pop("include_dashboard")  # a cluster's dashboard is its own business
     try:
         ray.init(address=options.address, **common)
-    except (ConnectionError, ValueError, RuntimeError) as err:
+    except Exception as err:  # noqa: BLE001 - connection, address and authentication errors all mean the same here
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserInputError(
             f"cannot join the Ray cluster at --address {options.address}: {first}; start it with `ray start --head`"

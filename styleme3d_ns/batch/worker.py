@@ -79,12 +79,11 @@ def _write_marker(job: Job, content: dict) -> None:
 
 
 def _node() -> str | None:
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-    except Exception:  # noqa: BLE001 - outside Ray (tests, dry runs) there is no node
+    """The Ray node running this job; None outside Ray (Ray is never imported just to ask)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
         return None
+    return ray.get_runtime_context().get_node_id()
 
 
 def run_job(job: Job, base: JobResult | None = None, threads: int = 1) -> JobResult:
