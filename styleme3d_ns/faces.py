@@ -278,37 +278,3 @@ def landmark_image(landmarks: np.ndarray, size: int | tuple[int, int], thickness
     for x, y in pixels:
         cv2.circle(canvas, (int(x), int(y)), thickness + 1, (255, 255, 255), -1)
     return canvas
-
-
-def instantid_keypoints(landmarks: np.ndarray) -> np.ndarray:
-    """`[5, 2]` InstantID/insightface keypoints from iBUG 68 landmarks `[68, 2]`: the two eye centres (image left,
-    then right), the nose tip, and the mouth corners (image left, then right)."""
-    points = np.asarray(landmarks, dtype=np.float32)
-    return np.stack([points[36:42].mean(0), points[42:48].mean(0), points[30], points[48], points[54]])
-
-
-def keypoint_image(keypoints: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """`[H, W, 3]` uint8: 5 keypoints `[5, 2]` drawn as InstantID's ``draw_kps`` does for its ControlNet.
-
-    Limbs from each keypoint to the nose (ellipses 4 px wide, colour of the keypoint, dimmed to 60%), then a
-    10 px dot per keypoint in its colour, on black.
-    """
-    import cv2
-
-    kps = np.asarray(keypoints, dtype=np.float64)
-    if kps.shape != (5, 2):
-        raise ValueError(f"expected [5, 2] keypoints, got shape {kps.shape}")
-    height, width = _size_hw(size)
-    canvas = np.zeros((height, width, 3), dtype=np.float64)
-    for start, end in _KPS_LIMBS:
-        x, y = kps[[start, end], 0], kps[[start, end], 1]
-        length = float(np.hypot(x[0] - x[1], y[0] - y[1]))
-        angle = np.degrees(np.arctan2(y[0] - y[1], x[0] - x[1]))
-        polygon = cv2.ellipse2Poly(
-            (int(np.mean(x)), int(np.mean(y))), (int(length / 2), _KPS_STICK_WIDTH), int(angle), 0, 360, 1
-        )
-        cv2.fillConvexPoly(canvas, polygon, _KPS_COLOURS[start])
-    canvas = (canvas * 0.6).astype(np.uint8)
-    for (x, y), colour in zip(kps, _KPS_COLOURS, strict=True):
-        cv2.circle(canvas, (int(x), int(y)), 10, colour, -1)
-    return canvas

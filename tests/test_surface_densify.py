@@ -14,16 +14,36 @@ from styleme3d_ns.models.surface_densify import (
     gaussian_offsets,
     knn_indices,
     pca_normals,
-    surface_guided_samples,
     tangent_project,
 )
 from styleme3d_ns.render import rasterize
+
+
+def surface_guided_samples(
+    means: Tensor,
+    normals: Tensor,
+    scales: Tensor,
+    quats: Tensor,
+    n_samples: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Reference for the strategy's growth (paper 001 eq. 6): child positions `[n_samples, N, 3]` on each parent's
+    tangent plane.
+
+    Args:
+        means: `[N, 3]` parent centres ``x_old``.
+        normals: `[N, 3]` unit surface normals at the parents (e.g. :func:`pca_normals`, eq. 7).
+        scales: `[N, 3]` parent standard deviations (activated), quats: `[N, 4]` wxyz: ``d ~ N(0, Sigma_old)``.
+        n_samples: children per parent (gsplat's split makes 2).
+    """
+    return means + tangent_project(gaussian_offsets(scales, quats, n_samples, generator), normals)
 
 
 def shipped_strategy(**overrides: object) -> SurfaceGuidedStrategy:
     """The strategy `ns-train sas-portrait` builds (paper 001 IV.A.2's numbers in its method config), then
     `overrides` for what a test isolates."""
     from styleme3d_ns.method_configs.sas_portrait_config import sas_portrait
+
     from styleme3d_ns.models.guided_splat import splatfacto_strategy
 
     default = splatfacto_strategy(sas_portrait.config.pipeline.model, num_train_data=1)

@@ -55,16 +55,6 @@ def fit_colour_transfer(colours: Tensor, style_pixels: Tensor) -> tuple[Tensor, 
     return a.to(colours.dtype), b.to(colours.dtype)
 
 
-def match_colour_stats(colours: Tensor, style_pixels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Recolour ``colours`` ``[N, 3]`` so their mean/covariance equal those of ``style_pixels`` ``[M, 3]``.
-
-    Returns ``(matched [N, 3], A [3, 3], b [3])``. ``matched`` is not clamped: values can leave [0, 1] slightly,
-    clamp afterwards if the consumer needs it (clamping changes the statistics).
-    """
-    a, b = fit_colour_transfer(colours, style_pixels)
-    return colours @ a.T + b, a, b
-
-
 def apply_colour_transfer_to_sh(
     features_dc: Tensor, features_rest: Tensor | None, a: Tensor, b: Tensor
 ) -> tuple[Tensor, Tensor | None]:

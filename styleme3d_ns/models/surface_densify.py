@@ -128,25 +128,6 @@ def gaussian_offsets(scales: Tensor, quats: Tensor, n_samples: int, generator: t
     return torch.einsum("nij,nj,bnj->bni", rotmats, scales, z)
 
 
-def surface_guided_samples(
-    means: Tensor,
-    normals: Tensor,
-    scales: Tensor,
-    quats: Tensor,
-    n_samples: int,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Child positions `[n_samples, N, 3]` on each parent's tangent plane (paper 001 eq. 6).
-
-    Args:
-        means: `[N, 3]` parent centres ``x_old``.
-        normals: `[N, 3]` unit surface normals at the parents (e.g. :func:`pca_normals`, eq. 7).
-        scales: `[N, 3]` parent standard deviations (activated), quats: `[N, 4]` wxyz: ``d ~ N(0, Sigma_old)``.
-        n_samples: children per parent (gsplat's split makes 2).
-    """
-    return means + tangent_project(gaussian_offsets(scales, quats, n_samples, generator), normals)
-
-
 @dataclass
 class SurfaceGuidedStrategy(DefaultStrategy):
     """gsplat's :class:`DefaultStrategy` whose new Gaussians land on the local surface (paper 001 eq. 6-7).
