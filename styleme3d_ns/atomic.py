@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from styleme3d_ns.errors import UserInputError
 
@@ -206,3 +209,26 @@ def check_writable(path: Path, *, what: str = "output", hint: str = "") -> None:
 def _message(what: str, path: Path, cause: str, hint: str) -> str:
     text = f"cannot write {what} {path}: {cause}"
     return f"{text}; {hint}" if hint else text
+
+
+def _reject_nan(value: Any, where: str = "metrics") -> None:
+    """A NaN in the output is a bug, never a result: unavailable metrics are null with a note."""
+    if isinstance(value, float) and math.isnan(value):
+        raise RuntimeError(f"{where} is NaN")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _reject_nan(item, f"{where}.{key}")
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _reject_nan(item, f"{where}[{i}]")
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
+    """Write `data` as indented JSON whole or not at all , creating its folder.
+
+    PSNR of identical images is written as `Infinity` (Python's json reads it back as inf); NaN is refused.
+    """
+    _reject_nan(data)
+    path = Path(path)
+    with new_folders(path.parent):
+        return write_text_atomic(path, json.dumps(data, indent=2) + "\n")

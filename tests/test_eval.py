@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from styleme3d_ns.eval.cli import EvalConfig, content_scores, evaluate, identity_scores, main, write_json_atomic
+from styleme3d_ns.atomic import write_json_atomic
+from styleme3d_ns.eval.cli import EvalConfig, content_scores, evaluate, identity_scores, main
 from styleme3d_ns.eval.consistency import PinholeCamera, mean_defined, pair_errors, select_pairs, warp_to_view
 from styleme3d_ns.eval.image_metrics import ALEXNET_WEIGHTS, mean_saturation
 from styleme3d_ns.eval.orbit import orbit_poses

@@ -7,8 +7,6 @@ Every metric, its source paper and the published numbers to compare with are in 
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ import torch
 import tyro
 from torch import Tensor
 
-from styleme3d_ns.atomic import atomic_path, check_writable, new_folders, write_text_atomic
+from styleme3d_ns.atomic import atomic_path, check_writable, new_folders, write_json_atomic
 from styleme3d_ns.errors import UserInputError, exit_on_user_error
 from styleme3d_ns.eval.consistency import (
     DEFAULT_DEPTH_TOLERANCE,
@@ -268,29 +266,6 @@ def _portrait(
 
 
 # ------------------------------------------------------------------------------------------------ output
-def _reject_nan(value: Any, where: str = "metrics") -> None:
-    """A NaN in the output is a bug, never a result: unavailable metrics are null with a note."""
-    if isinstance(value, float) and math.isnan(value):
-        raise RuntimeError(f"{where} is NaN")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _reject_nan(item, f"{where}.{key}")
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            _reject_nan(item, f"{where}[{i}]")
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
-    """Write `data` as indented JSON whole or not at all (styleme3d_ns.atomic), creating its folder.
-
-    PSNR of identical images is written as `Infinity` (Python's json reads it back as inf); NaN is refused.
-    """
-    _reject_nan(data)
-    path = Path(path)
-    with new_folders(path.parent):
-        return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
 def _sheet_path(config: EvalConfig) -> Path:
     return config.sheet or config.output.with_name(f"{config.output.stem}_sheet.png")
 
