@@ -249,7 +249,7 @@ def test_a_local_cluster_runs_the_job_on_its_worker_node(inputs: dict[str, Path]
     grid = write_grid(tmp_path / "grid.yaml", inputs, ("brick",), scenes=("b",))
     ray_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay under 107 characters
     port = _free_port()
-    # Ray clusters require a shared token (Ray >= 2.52); this cluster's own, not the one in ~/.ray
+    # Ray clusters require a shared token (Ray 2.60); this cluster's own, not the one in ~/.ray
     token = tmp_path / "auth_token"
     token.write_text(secrets.token_hex(32))
     env = {**BATCH_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
@@ -309,6 +309,17 @@ def test_a_method_that_cannot_take_a_style_is_left_out_with_a_note(inputs: dict[
     ]
     clip = next(j for j in jobs if j.method == "clip-splat")
     assert clip.train[clip.train.index("--pipeline.model.prompt") + 1] == "an ink wash painting"
+
+
+def test_a_ply_scene_is_stylised_from_the_file_with_no_reconstruction(inputs: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "splat.ply").write_bytes(b"ply\n")  # the grid only checks it is there
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"scenes: [export]\nstyles: [{inputs['coffee']}]\nmethods: [styleme3d]\n")
+    (job,) = plan_jobs(load_grid(grid))[0]  # a folder holding one .ply and no transforms.json is that .ply
+    assert job.train[job.train.index("--data") + 1] == str(tmp_path / "export" / "splat.ply")
+    assert "--pipeline.model.base-checkpoint" not in job.train and job.base_job is None
+    assert job.id == "export/coffee/styleme3d"
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ GRID_KEYS = ("output_dir", "steps", "reconstruct_steps", "scenes", "styles", "me
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 DEFAULT_RECONSTRUCT_STEPS = 1500
 """Reconstruction steps for dataset scenes when the grid does not say (the demo's)."""
-RESERVED_TRAIN_OPTIONS = ("data", "output-dir", "experiment-name", "timestamp", "max-num-iterations",
+RESERVED_TRAIN_OPTIONS = ("data", "output-dir", "experiment-name", "timestamp", "max-num-iterations", "vis",
                           "pipeline.model.base-checkpoint", "pipeline.model.style-image", "pipeline.model.prompt",
                           "pipeline.model.style-prompt")  # fmt: skip
 RESERVED_EVAL_OPTIONS = ("load-config", "output", "sheet")
@@ -173,12 +173,22 @@ def _base_run(path: Path, where: str) -> Path:
     return folder
 
 
+def _default_name(path: Path, kind: str) -> str:
+    """A scene's name when the grid gives none: a run (<output>/<experiment>/<method>/<timestamp>) is named after
+    its experiment, a dataset folder after the folder, a file after its stem."""
+    if kind == "base":
+        run = path.parent if path.suffix in (".yml", ".yaml") else path
+        return slug(run.parent.parent.name)
+    return slug(path.stem if path.is_file() else path.name)
+
+
 def _scene(name: str | None, entry: Any, root: Path, grid: Path) -> Scene:
     where = f"scene {name!r} in {grid}" if name else f"a scene in {grid}"
     if isinstance(entry, str | Path):
         path = _path(entry, where, root)
         ply = _splat_ply(path, where)
         kind = "ply" if ply is not None else "base" if _is_run(path) else "data"
+        name = name or _default_name(path, kind)  # a folder holding a .ply is named after the folder
         entry = {kind: str(ply or path)}
     if not isinstance(entry, dict):
         raise UserInputError(f"{where} must be a path or a mapping with data, base or ply (got {entry!r})")
@@ -186,8 +196,10 @@ def _scene(name: str | None, entry: Any, root: Path, grid: Path) -> Scene:
     kinds = [k for k in ("base", "ply") if k in entry]
     if len(kinds) > 1 or not (kinds or "data" in entry):
         raise UserInputError(f"{where} needs exactly one of data (a dataset), base (a run) or ply (a .ply file)")
-    source = _path(entry[kinds[0]] if kinds else entry["data"], where, root)
-    name = _check_name(name or slug(source.stem if source.suffix else source.name), "scene", grid)
+    kind = kinds[0] if kinds else "data"
+    source = _path(entry[kind], where, root)
+    name = name or _default_name(source, kind)
+    name = _check_name(name, "scene", grid)
     where = f"scene {name!r} in {grid}"
     if "ply" in entry:
         if source.suffix.lower() != ".ply" or not source.is_file():

@@ -32,13 +32,22 @@ def _program(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+def _libc_prctl():  # noqa: ANN202 - a ctypes function, or None off Linux
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl()  # resolved here, never between fork and exec
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """Linux: the job's process gets SIGKILL when the Ray worker that started it dies (a killed batch leaves no
-    orphan trainer behind). Elsewhere a no-op."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
+    orphan trainer behind). Runs in the child between fork and exec, so it only calls the pre-resolved prctl."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def failure_reason(log: Path, returncode: int) -> str:
@@ -66,10 +75,11 @@ def _run(argv: tuple[str, ...], log: Path, threads: int) -> int:
 def _fresh_folder(job: Job) -> str | None:
     """Make the job's folder ready for a first (or repeated) training attempt; a reason when it is not ours."""
     if job.run_dir.exists():
-        if read_marker(job) is None and any(job.run_dir.iterdir()):
+        if read_marker(job) is not None:
+            shutil.rmtree(job.run_dir)  # our own unfinished attempt: a clean restart, its logs and cost not mixed in
+        elif any(job.run_dir.iterdir()):
             return f"{job.run_dir} exists and was not made by styleme3d-batch; move it away (it is left untouched)"
-        shutil.rmtree(job.run_dir)  # our own unfinished attempt: a clean restart, so its logs and cost are not mixed
-    job.run_dir.mkdir(parents=True)
+    job.run_dir.mkdir(parents=True, exist_ok=True)
     _write_marker(job, {"made_by": "styleme3d-batch", "job": job.id, "train": list(job.train)})
     return None
 
