@@ -309,9 +309,10 @@ def test_local_mode_gradient_stays_inside_the_crop_box() -> None:
     assert grad[inside].sum() > 0 and grad[~inside].sum() == 0
 
 
-def test_dssd_holds_no_registered_networks_but_moves_them_with_to() -> None:
+def test_dssd_networks_are_frozen_submodules_that_move_with_to() -> None:
     dssd = _dssd()
-    assert list(dssd.parameters()) == [] and list(dssd.state_dict()) == []
+    assert list(dssd.parameters()) and not any(p.requires_grad for p in dssd.parameters())
+    assert all(not m.training for m in dssd.networks.values())
     dssd.to(torch.float64)
     assert next(dssd.components.unet.parameters()).dtype == torch.float64
     assert dssd.dtype == torch.float64

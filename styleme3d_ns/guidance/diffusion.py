@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from styleme3d_ns.guidance.base import Guidance
 from styleme3d_ns.guidance.weights import MissingWeightsError, resolve_weights, select_device_dtype
@@ -361,6 +361,13 @@ class ScheduledDiffusionGuidance(Guidance):
     """A diffusion guidance whose timestep window follows the training step (set ``self.schedule`` in ``__init__``)."""
 
     schedule: TimestepSchedule
+    components: StableDiffusionComponents
+
+    def hold_components(self, components: StableDiffusionComponents) -> None:
+        """Keep the frozen SD components and register their networks as submodules, so ``.to()`` moves them like any
+        network of a guidance (models keep guidances out of their checkpoints, not the guidances their networks)."""
+        self.components = components
+        self.networks = nn.ModuleDict({name: m for name, m in vars(components).items() if isinstance(m, nn.Module)})
 
     def update_step(self, step: int) -> None:
         super().update_step(step)

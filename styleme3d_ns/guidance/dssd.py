@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from styleme3d_ns.guidance.base import GuidanceConfig
 from styleme3d_ns.guidance.diffusion import (
@@ -161,8 +161,8 @@ class DynamicStyleScoreDistillation(ScheduledDiffusionGuidance):
     then every step ``out = dssd(renders, step)``: ``out["loss"]`` back-propagates ``w(t)(eps_hat - eps)`` through the
     VAE encoder into the renders. See the module docstring for the schedules.
 
-    The diffusion networks are deliberately not registered submodules: their ~2.5 GB are not written into training
-    checkpoints, never reach an optimiser and stay in eval mode; ``.to()`` still moves them.
+    The diffusion networks are frozen submodules (no gradients, eval mode); models hold guidances outside their module
+    tree, so their ~2.5 GB never reach a training checkpoint or an optimiser.
     """
 
     config: DSSDConfig
@@ -200,16 +200,12 @@ class DynamicStyleScoreDistillation(ScheduledDiffusionGuidance):
         if not ip_adapter_processors(components.unet):
             raise ValueError("the UNet has no IP-Adapter: pass ip_adapter_state_dict (ip-adapter_sd15.bin).")
         set_ip_adapter_scale(components.unet, {block: config.style_scale for block in config.style_blocks})
-        frozen: dict[str, nn.Module | None] = {
-            "image_encoder": image_encoder,
-            "content_text_encoder": content_text_encoder,
-        }
-        for module in frozen.values():
+        for module in (image_encoder, content_text_encoder):
             if module is not None:
                 module.eval().requires_grad_(False)
-        # plain attributes, not submodules (see the class docstring); _apply moves them
-        self._sd = components
-        self._frozen = frozen
+        self.hold_components(components)
+        self.image_encoder = image_encoder
+        self.content_text_encoder = content_text_encoder
         self._tokenizer = content_tokenizer
         self.schedule = TimestepSchedule(
             TimestepScheduleConfig(
@@ -223,9 +219,8 @@ class DynamicStyleScoreDistillation(ScheduledDiffusionGuidance):
             components.num_train_timesteps,
         )
         self.generator = torch.Generator().manual_seed(config.seed)
-        self._text: tuple[Tensor, Tensor] | None = None
-        self._style_embeds: Tensor | None = None
-        self._content_embeds: Tensor | None = None
+        for name in ("_text_cond", "_text_uncond", "_style_embeds", "_content_embeds"):  # cached, moved with .to()
+            self.register_buffer(name, None, persistent=False)
 
     # ------------------------------------------------------------------------------------------------- building
     @classmethod
@@ -273,22 +268,6 @@ class DynamicStyleScoreDistillation(ScheduledDiffusionGuidance):
         )
         return guidance.to(device=components.device, dtype=components.dtype)
 
-    @property
-    def components(self) -> StableDiffusionComponents:
-        """The frozen SD components (UNet with the IP-Adapter attached)."""
-        return self._sd
-
-    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module's own signature
-        super()._apply(fn, recurse)
-        for module in (self._sd.unet, self._sd.vae, self._sd.text_encoder, *self._frozen.values()):
-            if module is not None:
-                module._apply(fn, recurse)
-        self._sd._alphas_cumprod = None
-        moved = [None if x is None else x.to(self.device) for x in (self._style_embeds, self._content_embeds)]
-        self._style_embeds, self._content_embeds = moved
-        self._text = None
-        return self
-
     # ------------------------------------------------------------------------------------------------ schedules
     def stage(self, step: int) -> Stage:
         """Paper 000's mode at ``step``: ``"global"`` (full render) before ``local_start_step``, ``"local"``
@@ -324,7 +303,7 @@ class DynamicStyleScoreDistillation(ScheduledDiffusionGuidance):
     @torch.no_grad()
     def embed_images(self, images: Tensor) -> Tensor:
         """IP-Adapter image embeddings ``[B, E]`` of images ``[B, 3, H, W]`` in [0, 1] (CLIP at 224 px)."""
-        encoder = self._frozen["image_encoder"]
+        encoder = self.image_encoder
         if encoder is None:
             raise RuntimeError("DSSD was built without an image encoder; pass style_embeds to forward instead.")
         self.check_images(images)
@@ -333,7 +312,7 @@ class DynamicStyleScoreDistillation(ScheduledDiffusionGuidance):
     @torch.no_grad()
     def embed_content_prompt(self, prompt: str) -> Tensor:
         """CLIP text embedding ``[1, E]`` of ``prompt`` in the image encoder's space (ODCR's content direction)."""
-        model = self._frozen["content_text_encoder"]
+        model = self.content_text_encoder
         if model is None or self._tokenizer is None:
             raise RuntimeError("DSSD was built without a content text encoder.")
         tok = self._tokenizer
@@ -368,12 +347,10 @@ class DynamicStyleScoreDistillation(ScheduledDiffusionGuidance):
         return remove_content(e_s.to(self.device, self.dtype), content, self.config.odcr_strength)
 
     def _text_embeds(self) -> tuple[Tensor, Tensor]:
-        if self._text is None:
-            self._text = (
-                self._sd.encode_text([self.config.prompt]),
-                self._sd.encode_text([self.config.negative_prompt]),
-            )
-        return self._text
+        if self._text_cond is None:
+            self._text_cond = self.components.encode_text([self.config.prompt])
+            self._text_uncond = self.components.encode_text([self.config.negative_prompt])
+        return self._text_cond, self._text_uncond
 
     # ------------------------------------------------------------------------------------------------- forward
     def forward(
@@ -405,7 +382,7 @@ class DynamicStyleScoreDistillation(ScheduledDiffusionGuidance):
         images = self.prepare_images(images)
         b, _, h, w = images.shape
         top, left, ch, cw = self.crop_box(h, w, step)
-        latents = self._sd.encode_square(images[..., top : top + ch, left : left + cw], self.config.resolution)
+        latents = self.components.encode_square(images[..., top : top + ch, left : left + cw], self.config.resolution)
         if t is None:
             t = self.schedule.sample(b, self.generator, step=step)
         t = t.to(self.device).long()
@@ -415,9 +392,9 @@ class DynamicStyleScoreDistillation(ScheduledDiffusionGuidance):
         cond, uncond = self._text_embeds()
         image_kwargs = ip_adapter_cond_kwargs(self.style_embedding(style_embeds, content_embeds), batch=b)
         with torch.no_grad():
-            z_t = self._sd.add_noise(latents.detach(), noise, t)
-            eps_hat = predict_noise(self._sd.unet, z_t, t, cond, uncond, scale, added_cond_kwargs=image_kwargs)
-        grad = sds_grad(eps_hat, noise, sds_weight(self._sd.alphas_cumprod, t, self.config.weighting))
+            z_t = self.components.add_noise(latents.detach(), noise, t)
+            eps_hat = predict_noise(self.components.unet, z_t, t, cond, uncond, scale, added_cond_kwargs=image_kwargs)
+        grad = sds_grad(eps_hat, noise, sds_weight(self.components.alphas_cumprod, t, self.config.weighting))
         loss_dssd = sds_loss(latents, grad)
         return {
             "loss": self.config.weight * loss_dssd,

@@ -373,7 +373,7 @@ class MultiViewSDS(ScheduledDiffusionGuidance):
             components.to(components.vae.device, components.vae.dtype).freeze()
         if not isinstance(components.unet.attn_processors.get(_first_attn(components.unet)), MultiViewAttnProcessor):
             raise ValueError("components.unet must be an MVDream UNet from build_multiview_unet/load_multiview_unet.")
-        self.components = components
+        self.hold_components(components)
         self.schedule = TimestepSchedule(config.timesteps, components.num_train_timesteps)
         self.generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
         self.to(device=components.device, dtype=components.dtype)

@@ -247,7 +247,7 @@ class StyleAlignedSamplingLoss(ScheduledDiffusionGuidance):
             components = load_stable_diffusion(
                 config.sd_model, device=device, half=config.half, hint=f"pass {flag_prefix}sd-model DIR"
             )
-        self.components = components
+        self.hold_components(components)
         self.schedule = TimestepSchedule(config.timesteps, components.num_train_timesteps)
         self.generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
         self.to(device=components.device, dtype=components.dtype)
