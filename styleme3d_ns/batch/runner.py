@@ -50,18 +50,26 @@ def connect(ray: Any, options: RayOptions) -> str:
     # job output goes to each job's logs; Ray's own notices would bury the progress lines
     common = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
     if options.address is None:
-        ray.init(num_cpus=options.num_cpus or os.cpu_count() or 1, **common)
-        return f"embedded local Ray ({options.num_cpus or os.cpu_count()} CPUs)"
+        cpus = options.num_cpus or os.cpu_count() or 1
+        try:
+            ray.init(num_cpus=cpus, **common)
+        except Exception as err:  # noqa: BLE001 - whatever stops Ray starting is one line for the user
+            raise UserInputError(f"could not start an embedded Ray: {_first_line(err)}; see docs/batch.md") from None
+        return f"embedded local Ray ({cpus} CPUs)"
     common.pop("include_dashboard")  # a cluster's dashboard is its own business
     try:
         ray.init(address=options.address, **common)
     except Exception as err:  # noqa: BLE001 - connection, address and authentication errors all mean the same here
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserInputError(
-            f"cannot join the Ray cluster at --address {options.address}: {first}; start it with `ray start --head`"
-            " (docs/batch.md)"
+            f"cannot join the Ray cluster at --address {options.address}: {_first_line(err)}; start it with "
+            "`ray start --head` (docs/batch.md)"
         ) from None
     return f"Ray cluster at {options.address}"
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def job_resources(ray: Any, options: RayOptions) -> tuple[int, float]:

@@ -12,6 +12,7 @@ import ctypes
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -66,7 +67,7 @@ def _run(argv: tuple[str, ...], log: Path, threads: int) -> int:
     """Run `argv` with stdout+stderr into `log`; the return code."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     with log.open("w") as fh:
-        fh.write(" ".join(argv) + "\n")
+        fh.write(shlex.join(argv) + "\n")
         fh.flush()
         cmd = [_program(argv[0]), *argv[1:]]
         return subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent).returncode
