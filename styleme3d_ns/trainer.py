@@ -88,6 +88,7 @@ class StyleTrainer(Trainer):
     def __init__(self, config: TrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
         super().__init__(config, local_rank, world_size)
         self._interrupted = False
+        self._completed = False
         self._last_started: int | None = None
         self._planned = config.max_num_iterations
 
@@ -147,6 +148,9 @@ class StyleTrainer(Trainer):
         try:
             super().train()
         except KeyboardInterrupt:
+            if self._completed:  # Ctrl-C is how a user closes the viewer nerfstudio keeps open after training
+                print("styleme3d: viewer closed; training had finished", file=sys.stderr, flush=True)
+                return
             _stop(f"interrupted again during step {self.step}: {self._saved_note()}")
         finally:
             self.config.max_num_iterations = planned
@@ -172,6 +176,9 @@ class StyleTrainer(Trainer):
 
     def _after_train(self) -> None:
         if not self._interrupted:
+            self._completed = True
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C now closes the viewer at once
             super()._after_train()
             return
         last = self._last_started
