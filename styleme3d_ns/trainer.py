@@ -47,6 +47,7 @@ def check_run_inputs(config: TrainerConfig) -> None:
     from styleme3d_ns.data.dataparser import CheckedNerfstudioDataParserConfig, check_data
     from styleme3d_ns.data.style_image import load_style_image
     from styleme3d_ns.models.checkpoint import load_gaussians
+    from styleme3d_ns.models.style_reference import style_paths
 
     datamanager = config.pipeline.datamanager
     dataparser = getattr(datamanager, "dataparser", None)
@@ -60,8 +61,8 @@ def check_run_inputs(config: TrainerConfig) -> None:
             sh_degree=getattr(model, "sh_degree", None),
             drop_non_finite=getattr(model, "drop_non_finite_gaussians", False),
         )
-    if getattr(model, "style_image", None) is not None:
-        load_style_image(model.style_image)
+    for path in style_paths(getattr(model, "style_image", None)):
+        load_style_image(path)
 
 
 @dataclass

@@ -35,6 +35,7 @@ from styleme3d_ns.eval.sheet import contact_sheet
 from styleme3d_ns.eval.style_metrics import clip_scores, csd_scores, gram_scores, no_style_scores
 from styleme3d_ns.faces import FaceIdentity, MissingFaceModelsError
 from styleme3d_ns.guidance.csd import CSD_REPO
+from styleme3d_ns.models.style_reference import style_paths
 
 SCHEMA_VERSION = 1
 
@@ -105,9 +106,13 @@ def _style_reference(config: EvalConfig, run_config: Any) -> tuple[Tensor | None
 
     if config.style_image is not None:
         return load_style_image(config.style_image), config.style_image, None
-    stored = getattr(run_config.pipeline.model, "style_image", None)
-    if stored is None:
+    model = run_config.pipeline.model
+    stored_paths = style_paths(getattr(model, "style_image", None))
+    if not stored_paths:
         return None, None, "no style image: the run has none; pass --style-image PATH"
+    look = getattr(model, "look", None)
+    # the style the run shows (its look's palette entry); a viewer-added entry has no configured image: the first
+    stored = stored_paths[look.style] if look is not None and look.style < len(stored_paths) else stored_paths[0]
     try:
         return load_style_image(stored), Path(stored), None
     except StyleImageError as err:
@@ -294,7 +299,7 @@ def _base_source(config: EvalConfig, run_config: Any) -> dict[str, Any]:
     if config.base_config is not None:
         return {"source": "base run", "config": str(config.base_config)}
     checkpoint = getattr(model_config, "base_checkpoint", None)
-    if checkpoint is None and getattr(model_config, "style_image", None) is None:
+    if checkpoint is None and not style_paths(getattr(model_config, "style_image", None)):
         raise UserInputError(
             f"{config.load_config} is a reconstruction (no base checkpoint, no style image), so it has no base "
             "colours to compare with; pass --base-config <base run config.yml>"

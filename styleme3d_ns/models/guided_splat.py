@@ -31,6 +31,7 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.models.splatfacto import (
     RGB2SH,
+    SH2RGB,
     SplatfactoModel,
     SplatfactoModelConfig,
     num_sh_bases,
@@ -47,7 +48,9 @@ from styleme3d_ns.errors import UserInputError, exit_on_user_error
 from styleme3d_ns.guidance.photometric import PhotometricConfig, PhotometricL1
 from styleme3d_ns.guidance.weights import MissingWeightsError
 from styleme3d_ns.models.checkpoint import GAUSSIAN_KEYS, load_gaussians
+from styleme3d_ns.models.look import LookConfig, apply_look, apply_look_sh, check_look, styles_used
 from styleme3d_ns.models.loss_terms import TRAIN_VIEW, LossTerm, TermOff, Views
+from styleme3d_ns.models.palette import StylePalette
 from styleme3d_ns.render import rasterize
 from styleme3d_ns.render.camera import viewmat_from_c2w
 from styleme3d_ns.render.colour_map import ColourMap
@@ -80,6 +83,9 @@ class GuidedSplatModelConfig(SplatfactoModelConfig):
     (bit-for-bit the same image up to float rounding, 20x+ faster on CPU). Rebuilt whenever geometry changes."""
     fast_path_cache_views: int = 256
     """How many training views the colour fast path keeps cached (each costs ~pixels x overlap floats)."""
+    look: LookConfig = field(default_factory=LookConfig)
+    """The look shown by the viewer (its Style panel sets it live), `ns-render` and `ns-export`: which palette style,
+    its strength, a blend with a second style, colour preservation and a region (docs/viewer.md)."""
     missing_experts: Literal["skip", "error"] = "skip"
     """What to do when an enabled term's weights are not on this machine: skip it (one line says which and why)
     or stop with that line. Terms on packaged networks never need downloads."""
@@ -106,6 +112,7 @@ class GuidedSplatModel(SplatfactoModel):
         self.gauss_params = torch.nn.ParameterDict(
             {k: Parameter(params[k].float().contiguous()) for k in GAUSSIAN_KEYS}
         )
+        self.palette = StylePalette(*self.gauss_params["features_rest"].shape[:2])  # styles beyond the live colours
         # Colours of the splat before stylisation: the content reference (paper 000 SOS content term).
         self.register_buffer("base_features_dc", self.gauss_params["features_dc"].detach().clone())
         self.register_buffer("base_features_rest", self.gauss_params["features_rest"].detach().clone())
@@ -232,6 +239,7 @@ class GuidedSplatModel(SplatfactoModel):
         if capture_base:
             self.base_features_dc = self.gauss_params["features_dc"].detach().clone()
             self.base_features_rest = self.gauss_params["features_rest"].detach().clone()
+            self.palette.reset(*self.gauss_params["features_rest"].shape[:2])
         self.phase = "stylise"
         self._colour_maps.clear()
         if self._terms_ready and capture_base:
@@ -353,7 +361,10 @@ class GuidedSplatModel(SplatfactoModel):
             if name in state_dict and getattr(self, name).shape != state_dict[name].shape:
                 setattr(self, name, torch.zeros_like(state_dict[name], device=self.device))
         self._colour_maps.clear()
-        return torch.nn.Module.load_state_dict(self, state_dict, **kwargs)
+        result = torch.nn.Module.load_state_dict(self, state_dict, **kwargs)
+        with exit_on_user_error():  # ns-render / ns-export with a look the run cannot show: one line
+            self.check_look()
+        return result
 
     # ---------------------------------------------------------------- losses
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> dict[str, Tensor]:  # noqa: ANN001
@@ -539,28 +550,88 @@ class GuidedSplatModel(SplatfactoModel):
         return outputs
 
     def _render_for_display(self, camera: Cameras, background: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """One rasterisation of the stylised colours, depth and (while stylising) the unstylised colours as extra
-        channels: the colours are evaluated from SH here, so both sets share one compositing pass.
+        """One rasterisation of the look's colours (:attr:`GuidedSplatModelConfig.look`), depth and (while stylising)
+        the unstylised colours as extra channels: colours are evaluated from SH here, so the look is a per-Gaussian
+        colour operation and both sets share one compositing pass.
 
         Returns rgb `[H, W, 3]` (premultiplied), alpha `[H, W, 1]`, depth `[H, W, 1]`, content `[H, W, 3]` or None.
         """
         viewmat, K, width, height = self._view(camera)
         degree = self._sh_degree_now()
-        sets = [(self.features_dc, self.features_rest)]
+        campos = torch.linalg.inv(viewmat[0])[:3, 3]
+
+        def rgb_of(dc: Tensor, rest: Tensor) -> Tensor:  # [N, 3] as the rasteriser would evaluate them
+            colours = self._colours(dc, rest)
+            return colours if degree is None else sh_colors(degree, self.means - campos, colours)
+
         if self.geometry_frozen:
-            sets.append((self.base_features_dc, self.base_features_rest))
-        if degree is None:
-            colours = torch.cat([self._colours(dc, rest) for dc, rest in sets], dim=-1)
+            base = rgb_of(self.base_features_dc, self.base_features_rest)
+            used = styles_used(self.config.look)
+            styles = [rgb_of(*self.palette_entry(k)) if k in used else None for k in range(self.palette_size)]
+            colours = torch.cat([apply_look(base, styles, self.means, self.config.look), base], dim=-1)
         else:
-            campos = torch.linalg.inv(viewmat[0])[:3, 3]
-            dirs = self.means - campos
-            colours = torch.cat([sh_colors(degree, dirs, self._colours(dc, rest)) for dc, rest in sets], dim=-1)
+            colours = rgb_of(self.features_dc, self.features_rest)
         render, alpha = self._rasterize(colours, viewmat, K, width, height, None, depth=True)
         rgb, depth = render[0, ..., :3], render[0, ..., -1:]
         content = None
         if self.geometry_frozen:
             content = torch.clamp(render[0, ..., 3:6] + (1 - alpha[0]) * background, 0.0, 1.0)
         return rgb, alpha[0], depth, content
+
+    # ---------------------------------------------------------------- palette and look
+    @property
+    def palette_size(self) -> int:
+        """Styles this run holds: the live colours (entry 0) and the stored ones."""
+        return 1 + self.palette.stored
+
+    def palette_entry(self, index: int) -> tuple[Tensor, Tensor]:
+        """SH colours (`dc [N, 3]`, `rest [N, K-1, 3]`) of palette entry `index` (0: the live, trained colours)."""
+        if index == 0:
+            return self.features_dc, self.features_rest
+        return self.palette.dc[index - 1], self.palette.rest[index - 1]
+
+    def palette_labels(self) -> list[str]:
+        """A name per palette entry, for the viewer and logs."""
+        return [self.live_style_name(), *self.palette.names]
+
+    def live_style_name(self) -> str:
+        """Name of palette entry 0 (methods name it after their style image or prompt)."""
+        return "style"
+
+    def check_look(self) -> None:
+        """One line (UserInputError) if the configured look does not fit this run's palette."""
+        check_look(self.config.look, self.palette_size)
+
+    def look_coefficients(self) -> tuple[Tensor, Tensor]:
+        """The look as one set of SH coefficients (`dc [N, 3]`, `rest [N, K-1, 3]`): what `ns-export` writes.
+
+        At sh_degree 0 the coefficients are sigmoid logits, so the look is applied to their colours and mapped back.
+        """
+        if not self.geometry_frozen:
+            return self.features_dc, self.features_rest
+        look = self.config.look
+        used = styles_used(look)
+        entries = [self.palette_entry(k) if k in used else (None, None) for k in range(self.palette_size)]
+        if self.config.sh_degree > 0:
+            return apply_look_sh(self.base_features_dc, self.base_features_rest, [e[0] for e in entries],
+                                 [e[1] for e in entries], self.means, look)  # fmt: skip
+        styles = [None if dc is None else torch.sigmoid(dc) for dc, _ in entries]
+        rgb = apply_look(torch.sigmoid(self.base_features_dc), styles, self.means, look)
+        return torch.logit(rgb.clamp(1e-6, 1 - 1e-6)), self.features_rest
+
+    @property
+    def shs_0(self) -> Tensor:  # what ns-export reads: the look, not only the live colours
+        dc = self.look_coefficients()[0]
+        return dc if self.config.sh_degree > 0 else RGB2SH(torch.sigmoid(dc))
+
+    @property
+    def shs_rest(self) -> Tensor:
+        return self.look_coefficients()[1]
+
+    @property
+    def colors(self) -> Tensor:
+        dc = self.look_coefficients()[0]
+        return SH2RGB(dc) if self.config.sh_degree > 0 else torch.sigmoid(dc)
 
     def render_base(self, camera: Cameras, background: Tensor) -> Tensor:
         """The unstylised splat from this camera, `[H, W, 3]` in [0, 1], no gradient (content reference)."""

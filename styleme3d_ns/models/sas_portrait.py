@@ -137,7 +137,7 @@ class SASPortraitModel(StyleImageSplatModel):
     def loss_terms(self) -> list[LossTerm]:
         cfg = self.config
         terms = [self.photo_term("front", cfg.front_weight, "front-view L1")]
-        if cfg.style_image is not None:
+        if self.style_paths:
             self.style_image()  # a bad style image stops the run before anything is built
             terms.append(self.sos_term(views="styled"))
         no_prompt = 'no prompt (pass --pipeline.model.style-prompt "3D cartoon style")'

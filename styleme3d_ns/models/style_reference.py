@@ -22,8 +22,10 @@ class StyleImageSplatModelConfig(GuidedSplatModelConfig):
     """A guided splat with a style reference image."""
 
     _target: type = field(default_factory=lambda: StyleImageSplatModel)
-    style_image: Path | None = None
-    """Style reference image (PNG/JPG; greyscale and RGBA are converted to RGB)."""
+    style_image: tuple[Path, ...] = ()
+    """Style reference image(s), PNG/JPG (greyscale and RGBA are converted to RGB). Several
+    (`--pipeline.model.style-image a.jpg b.jpg c.jpg`) make a palette: the first is trained, each further one becomes
+    a palette entry of its own over the same geometry; pick, blend and dial them in the viewer (docs/viewer.md)."""
     sos: GramStyleLossConfig = field(default_factory=GramStyleLossConfig)
     """Multi-scale Gram style term (paper 000's SOS): backbone efficientnet-lite0 (packaged) or vgg19 (your weights)."""
 
@@ -34,14 +36,22 @@ class StyleImageSplatModel(GuidedSplatModel):
     config: StyleImageSplatModelConfig
 
     def populate_modules(self) -> None:
-        self._style: Tensor | None = None
+        self._styles: dict[int, Tensor] = {}
         super().populate_modules()
 
-    def style_image(self) -> Tensor:
-        """The style image `[1, 3, H, W]` in [0, 1] on the model's device (one line if it cannot be read)."""
-        if self._style is None:
-            self._style = load_style_image(self.config.style_image).to(self.device)
-        return self._style
+    @property
+    def style_paths(self) -> tuple[Path, ...]:
+        """The configured style images, in palette order."""
+        return style_paths(self.config.style_image)
+
+    def style_image(self, index: int = 0) -> Tensor:
+        """Style image `index` `[1, 3, H, W]` in [0, 1] on the model's device, loaded once (one line if unreadable)."""
+        if index not in self._styles:
+            self._styles[index] = load_style_image(self.style_paths[index]).to(self.device)
+        return self._styles[index]
+
+    def live_style_name(self) -> str:
+        return self.style_paths[0].stem if self.style_paths else super().live_style_name()
 
     def sos_term(
         self, *, views: str = TRAIN_VIEW, inputs: dict[str, str] | None = None, scale: float = 1.0
@@ -60,3 +70,12 @@ class StyleImageSplatModel(GuidedSplatModel):
             name="sos", label=label, config=config, flag="sos", build=build, views=views, inputs=inputs or {},
             scale=scale, required=True,  # the user chose the backbone: its weights missing stops the run
         )  # fmt: skip
+
+
+def style_paths(value: object) -> tuple[Path, ...]:
+    """A model config's `style_image` as a tuple of paths (configs written before palettes hold one path or None)."""
+    if value is None:
+        return ()
+    if isinstance(value, str | Path):
+        return (Path(value),)
+    return tuple(Path(v) for v in value)

@@ -76,12 +76,12 @@ class StyleMe3DModel(StyleImageSplatModel):
         super().populate_modules()
 
     def target_phase(self) -> str | None:
-        return "stylise" if self.config.style_image is not None else None
+        return "stylise" if self.style_paths else None
 
     # ---------------------------------------------------------------- terms
     def loss_terms(self) -> list[LossTerm]:
         cfg = self.config
-        if cfg.style_image is None:
+        if not self.style_paths:
             if self.geometry_frozen:
                 raise UserInputError("no style image: pass --pipeline.model.style-image <painting.png>")
             CONSOLE.log(
@@ -154,9 +154,9 @@ class StyleMe3DModel(StyleImageSplatModel):
     def _style_metric_reference(self) -> tuple[Tensor, FeatureBackbone] | None:
         """Style image and the packaged EfficientNet-Lite0 for the `gram_distance` metric (as styleme3d-eval),
         loaded once on first use, so `ns-eval` reports it without training-time set-up; None without a style."""
-        if self._metric_reference is None and not self._metric_reference_missing and self.config.style_image:
+        if self._metric_reference is None and not self._metric_reference_missing and self.style_paths:
             try:
-                style = load_style_image(self.config.style_image).to(self.device)
+                style = load_style_image(self.style_paths[0]).to(self.device)
             except StyleImageError as err:
                 CONSOLE.log(f"gram_distance metric off: {err}")
                 self._metric_reference_missing = True

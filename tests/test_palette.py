@@ -1,0 +1,78 @@
+"""A stylised run's palette and look: entries saved with the splat, the look rendered, exported and checked."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from styleme3d_ns.eval.render import load_pipeline
+from styleme3d_ns.models.look import LookConfig
+
+
+@pytest.fixture
+def stylised(stylised_run: Path):  # noqa: ANN201 - (pipeline, camera, config.yml) of the stylised fixture, eval mode
+    _, pipeline = load_pipeline(stylised_run)
+    camera, _ = pipeline.datamanager.next_eval_image(0)
+    return pipeline, camera.to(pipeline.model.device), stylised_run
+
+
+def _second_style(model) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001 - a visibly different colour set
+    return model.features_dc.detach().flip(-1) + 0.3, model.features_rest.detach().flip(-1)
+
+
+def _render(model, camera, look: LookConfig) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    model.config.look = look
+    with torch.no_grad():
+        return model.get_outputs_for_camera(camera)
+
+
+def test_palette_entries_render_export_and_survive_a_checkpoint(stylised) -> None:  # noqa: ANN001
+    pipeline, camera, run = stylised
+    model = pipeline.model
+    dc, rest = _second_style(model)
+    assert model.palette.append(dc, rest, "second") == 1 and model.palette_labels()[1] == "second"
+
+    shown = _render(model, camera, LookConfig(style=1))["rgb"]
+    live = _render(model, camera, LookConfig())["rgb"]
+    model.features_dc.data, saved = dc.clone(), model.features_dc.data.clone()  # the same colours as the live set
+    model.features_rest.data, saved_rest = rest.clone(), model.features_rest.data.clone()
+    reference = _render(model, camera, LookConfig())["rgb"]
+    model.features_dc.data, model.features_rest.data = saved, saved_rest
+    torch.testing.assert_close(shown, reference, atol=1e-6, rtol=0)
+    assert (shown - live).abs().mean() > 0.02
+
+    model.config.look = LookConfig(style=1)
+    assert torch.equal(model.shs_rest, rest) and torch.equal(model.look_coefficients()[0], dc)  # ns-export's view
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    _, again = load_pipeline(run)
+    again.model.load_state_dict(state)
+    assert again.model.palette_labels()[1] == "second" and torch.equal(again.model.palette.dc[0], dc)
+
+
+def test_strength_zero_and_outside_the_region_render_the_base_bit_for_bit(stylised) -> None:  # noqa: ANN001
+    pipeline, camera, _ = stylised
+    model = pipeline.model
+    off = _render(model, camera, LookConfig(strength=0.0))
+    assert torch.equal(off["rgb"], off["content_rgb"])
+    far = LookConfig(region="inside", box_center=(100.0, 100.0, 100.0), box_size=(0.1, 0.1, 0.1))
+    outside = _render(model, camera, far)
+    assert torch.equal(outside["rgb"], outside["content_rgb"])
+    half = _render(model, camera, LookConfig(strength=0.5))
+    full = _render(model, camera, LookConfig())
+    # a render is linear in the colours: half strength is halfway (up to where the clamp of the final image bites)
+    inside = (full["rgb"] < 0.99).all(-1) & (full["rgb"] > 0.01).all(-1)
+    torch.testing.assert_close(half["rgb"][inside], (0.5 * (full["rgb"] + full["content_rgb"]))[inside], atol=1e-5,
+                               rtol=0)  # fmt: skip
+
+
+def test_a_look_the_palette_cannot_show_is_one_line(stylised) -> None:  # noqa: ANN001
+    pipeline, _, _ = stylised
+    model = pipeline.model
+    model.config.look = replace(LookConfig(), style=3)
+    with pytest.raises(SystemExit) as err:
+        model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
+    assert "look style 3 is not a palette index" in str(err.value) and "\n" not in str(err.value)
