@@ -2,16 +2,11 @@
 
 The short-/long-range warped error of StyleGaussian and SGSST: a stylisation that is 3D-consistent paints a
 surface point the same colour in every view, so view i re-projected into view j should match view j wherever
-j's surface is visible in i. They warp with optical flow between video frames; we have the exact geometry, so
-each target pixel is unprojected with the target view's rendered expected depth and projected into the source:
-
-    X = c2w_j · (d_j(p) K_j⁻¹ [p, 1])       (world point seen at pixel p of j; OpenCV camera axes)
-    (q, z_i) = π(K_i, w2c_i · X)            (where, and at which depth, view i sees X)
-    warped(p) = bilinear(image_i, q)
-
-A pixel is compared only if X is in front of camera i and q inside its frame, view i sees X and not something in
-front of it (`|z_i - d_i(q)| <= tol · z_i`, the disocclusion test), and both views are opaque there (alpha >= 0.5).
-The error of a pair is the RMSE over those pixels, in [0, 1] image units.
+j's surface is visible in i. They warp with optical flow between video frames; we have the exact geometry, so each
+target pixel is unprojected with the target view's rendered expected depth and projected into the source
+(:mod:`styleme3d_ns.render.warp`, shared with paper 004's disparity loss), with its occlusion and opacity masks.
+The error of a pair is the RMSE over the valid pixels, in [0, 1] image units; a range's error is the mean over its
+pairs weighted by their valid pixels (a pair that shares 0.02% of its pixels says little about consistency).
 """
 
 from __future__ import annotations
@@ -20,21 +15,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from styleme3d_ns.eval.render import RenderedViews
+from styleme3d_ns.render import warp
 from styleme3d_ns.render.camera import viewmat_from_c2w
+from styleme3d_ns.render.warp import DEFAULT_DEPTH_TOLERANCE, MIN_ALPHA
 
 if TYPE_CHECKING:
     from nerfstudio.cameras.cameras import Cameras
-
-DEFAULT_DEPTH_TOLERANCE = 0.03
-"""Relative depth disagreement above which a pixel counts as occluded in the source view (3% of its depth)."""
-MIN_ALPHA = 0.5
-"""Pixels less opaque than this (background, soft silhouettes) carry no surface to compare."""
 
 
 @dataclass(frozen=True)
@@ -64,55 +54,6 @@ class PinholeCamera:
         return viewmat_from_c2w(self.c2w[None].double())[0]
 
 
-def pixel_centres(width: int, height: int) -> Tensor:
-    """`[H, W, 2]` continuous (x, y) coordinates of the pixel centres, float64."""
-    ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij"
-    )
-    return torch.stack([xs + 0.5, ys + 0.5], dim=-1)
-
-
-def unproject(depth: Tensor, camera: PinholeCamera) -> Tensor:
-    """World points `[H, W, 3]` (float64) seen at each pixel centre of `camera` at camera-space z `depth [H, W, 1]`."""
-    K = camera.K.double()
-    xy = pixel_centres(camera.width, camera.height)
-    z = depth[..., 0].double()
-    x = (xy[..., 0] - K[0, 2]) / K[0, 0] * z
-    y = (xy[..., 1] - K[1, 2]) / K[1, 1] * z
-    points = torch.stack([x, y, z], dim=-1)
-    # invert the rasteriser's own view matrix so both directions share one convention
-    c2w = torch.linalg.inv(camera.world_to_camera())
-    return points @ c2w[:3, :3].T + c2w[:3, 3]
-
-
-def project(points: Tensor, camera: PinholeCamera) -> tuple[Tensor, Tensor]:
-    """Project world points `[..., 3]` into `camera`.
-
-    Returns:
-        continuous pixel coordinates `[..., 2]` (centre of pixel (x, y) at (x + 0.5, y + 0.5)) and camera-space
-        z `[...]` (positive in front of the camera).
-    """
-    w2c = camera.world_to_camera()
-    cam = points.double() @ w2c[:3, :3].T + w2c[:3, 3]
-    z = cam[..., 2]
-    K = camera.K.double()
-    safe_z = torch.where(z.abs() > 1e-12, z, torch.full_like(z, 1e-12))
-    u = K[0, 0] * cam[..., 0] / safe_z + K[0, 2]
-    v = K[1, 1] * cam[..., 1] / safe_z + K[1, 2]
-    return torch.stack([u, v], dim=-1), z
-
-
-def _sample(image: Tensor, uv: Tensor) -> Tensor:
-    """Bilinearly sample `image [H, W, C]` at continuous pixel coordinates `uv [h, w, 2]`; returns `[h, w, C]`."""
-    height, width = image.shape[:2]
-    # align_corners=False: -1 and 1 are the outer edges of the border pixels, i.e. coordinates 0 and W
-    grid = torch.stack([2.0 * uv[..., 0] / width - 1.0, 2.0 * uv[..., 1] / height - 1.0], dim=-1)
-    sampled = F.grid_sample(
-        image.double().permute(2, 0, 1)[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False
-    )
-    return sampled[0].permute(1, 2, 0)
-
-
 def warp_to_view(
     src_rgb: Tensor,
     src_depth: Tensor,
@@ -125,32 +66,12 @@ def warp_to_view(
     depth_tolerance: float = DEFAULT_DEPTH_TOLERANCE,
     min_alpha: float = MIN_ALPHA,
 ) -> tuple[Tensor, Tensor]:
-    """Warp source view i into target view j using j's depth and both cameras.
-
-    Args:
-        src_rgb: `[H_i, W_i, 3]` source image in [0, 1]; src_depth `[H_i, W_i, 1]` its rendered camera-space z.
-        dst_depth: `[H_j, W_j, 1]` the target view's camera-space z.
-        src_alpha, dst_alpha: `[H, W, 1]` opacities in [0, 1]; None treats every pixel as opaque.
-        depth_tolerance: relative depth disagreement allowed before a pixel counts as occluded in the source.
-
-    Returns:
-        the warped source `[H_j, W_j, 3]` (float32; meaningless where invalid) and the valid mask `[H_j, W_j]` bool.
-    """
-    points = unproject(dst_depth, dst_camera)
-    uv, z = project(points, src_camera)
-    channels = [src_rgb, src_depth] + ([src_alpha] if src_alpha is not None else [])
-    sampled = _sample(torch.cat(channels, dim=-1), uv)
-    warped, seen_depth = sampled[..., :3], sampled[..., 3]
-    # the half-pixel margin keeps every bilinear tap inside the source frame
-    inside = (uv[..., 0] >= 0.5) & (uv[..., 0] <= src_camera.width - 0.5)
-    inside &= (uv[..., 1] >= 0.5) & (uv[..., 1] <= src_camera.height - 0.5)
-    valid = inside & (z > 1e-6) & torch.isfinite(points).all(dim=-1) & (dst_depth[..., 0] > 0)
-    valid &= (z - seen_depth).abs() <= depth_tolerance * z
-    if src_alpha is not None:
-        valid &= sampled[..., 4] >= min_alpha
-    if dst_alpha is not None:
-        valid &= dst_alpha[..., 0] >= min_alpha
-    return warped.float(), valid
+    """:func:`styleme3d_ns.render.warp.warp_to_view` between two nerfstudio cameras (same arguments and returns)."""
+    return warp.warp_to_view(
+        src_rgb, src_depth, src_camera.K, src_camera.world_to_camera(),
+        dst_depth, dst_camera.K, dst_camera.world_to_camera(),
+        src_alpha=src_alpha, dst_alpha=dst_alpha, depth_tolerance=depth_tolerance, min_alpha=min_alpha,
+    )  # fmt: skip
 
 
 def masked_rmse(a: Tensor, b: Tensor, valid: Tensor) -> float | None:
@@ -241,7 +162,12 @@ def pair_errors(
     return errors
 
 
-def mean_defined(values: Sequence[float | None]) -> float | None:
-    """Mean of the values that are not None; None if there are none."""
-    defined = [v for v in values if v is not None]
-    return float(np.mean(defined)) if defined else None
+def mean_defined(values: Sequence[float | None], weights: Sequence[float] | None = None) -> float | None:
+    """Mean of the values that are not None, weighted by ``weights`` (e.g. valid pixels) if given; None if there
+    are none (or their weights sum to 0)."""
+    weights = [1.0] * len(values) if weights is None else list(weights)
+    pairs = [(v, w) for v, w in zip(values, weights, strict=True) if v is not None]
+    total = sum(w for _, w in pairs)
+    if not pairs or total <= 0:
+        return None
+    return float(sum(v * w for v, w in pairs) / total)
