@@ -41,7 +41,9 @@ def tiny_splat(n: int = N_GAUSSIANS, degree: int = 3, seed: int = 0) -> dict[str
     means = torch.tensor([0.5, -1.0, 2.0]) + direction
     return {
         "means": means,
-        "scales": torch.full((n, 3), math.log(0.12)) + 0.2 * torch.randn(n, 3, generator=g),
+        # about the spacing of n points on the sphere, as a trained splat's surface Gaussians
+        "scales": torch.full((n, 3), math.log(0.12 * math.sqrt(N_GAUSSIANS / max(n, 1))))
+        + 0.2 * torch.randn(n, 3, generator=g),
         "quats": torch.randn(n, 4, generator=g),
         "features_dc": (direction - 0.0) / 0.6,  # colour varies over the sphere
         "features_rest": 0.05 * torch.randn(n, (degree + 1) ** 2 - 1, 3, generator=g),
