@@ -21,7 +21,7 @@ It also runs on CPU: no ``.cuda()``, no ``torch.compile``, no LPIPS download.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -51,6 +51,7 @@ from styleme3d_ns.models.checkpoint import GAUSSIAN_KEYS, load_gaussians
 from styleme3d_ns.models.look import LookConfig, apply_look, apply_look_sh, check_look, styles_used
 from styleme3d_ns.models.loss_terms import TRAIN_VIEW, LossTerm, TermOff, Views
 from styleme3d_ns.models.palette import StylePalette
+from styleme3d_ns.models.viewer_controls import AddStyle, LookControls
 from styleme3d_ns.render import rasterize
 from styleme3d_ns.render.camera import viewmat_from_c2w
 from styleme3d_ns.render.colour_map import ColourMap
@@ -141,6 +142,8 @@ class GuidedSplatModel(SplatfactoModel):
         self._terms_ready = False
         self.loaded_base = base is not None
         self.phase: Phase = "generate" if self.target_phase() == "generate" else "reconstruct"
+        if self.target_phase() == "stylise":
+            self._make_look_controls()
         if self.loaded_base and self.phase == "reconstruct":
             self.enter_stylise(capture_base=True)  # a loaded base is never reconstructed again
 
@@ -364,6 +367,11 @@ class GuidedSplatModel(SplatfactoModel):
         result = torch.nn.Module.load_state_dict(self, state_dict, **kwargs)
         with exit_on_user_error():  # ns-render / ns-export with a look the run cannot show: one line
             self.check_look()
+        if hasattr(self, "look_controls"):
+            if self.look_controls.gui_handle is None:  # ns-viewer: the viewer is built after the load
+                self._make_look_controls()
+            else:  # ns-train --load-dir: the panel is up already
+                self.look_controls.set_palette(self.palette_labels())
         return result
 
     # ---------------------------------------------------------------- losses
@@ -597,6 +605,28 @@ class GuidedSplatModel(SplatfactoModel):
     def live_style_name(self) -> str:
         """Name of palette entry 0 (methods name it after their style image or prompt)."""
         return "style"
+
+    def _make_look_controls(self) -> None:
+        """The viewer's Style panel (nerfstudio installs the ViewerElements it finds on the model), showing the
+        configured look, or the first style while the palette does not hold the look's entries yet."""
+        look = self.config.look
+        if max(look.style, look.blend_to or 0) >= self.palette_size:
+            look = replace(look, style=0, blend_to=None)
+        adder = self.style_adder()
+        self.look_controls = LookControls(look, self.palette_labels(), on_change=self._set_look, on_add_style=adder)
+
+    def style_adder(self) -> AddStyle | None:
+        """How the viewer's "Add style" makes a palette entry from an image path, or None (no such button)."""
+        return None
+
+    def add_palette_entry(self, dc: Tensor, rest: Tensor, name: str) -> list[str]:
+        """Store a colour set as a new palette entry; returns the palette's names (the viewer lists them)."""
+        self.palette.append(dc, rest, name)
+        return self.palette_labels()
+
+    def _set_look(self, look: LookConfig) -> None:
+        check_look(look, self.palette_size)
+        self.config.look = look
 
     def check_look(self) -> None:
         """One line (UserInputError) if the configured look does not fit this run's palette."""
