@@ -6,7 +6,7 @@ stylization network") as the editor and an exact least-squares colour fit instea
 Each round, for the frozen geometry (one :class:`~styleme3d_ns.render.colour_map.ColourMap` per training view):
 
 1. render every view with the current colours (``ColourMap.render``);
-2. stylise each render with the style image's vector, at the network's own resolution (``teacher_size``);
+2. stylise each render with the style image's vector (at the render's size unless ``teacher_size`` says otherwise);
 3. optionally make the stylised targets agree across neighbouring views (paper 004 eq. 7,
    :func:`~styleme3d_ns.guidance.disparity.harmonise_targets`);
 4. solve the colours that best reproduce all targets at once, ridge-pulled to the base colours
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from styleme3d_ns.guidance.disparity import harmonise_targets, neighbour_pairs
-from styleme3d_ns.guidance.magenta import CONTENT_SIZE, MagentaStyleNetworks
+from styleme3d_ns.guidance.magenta import MagentaStyleNetworks
 from styleme3d_ns.render.colour_map import ColourMap
 from styleme3d_ns.render.colour_solve import ColourSolution, solve_colours
 
@@ -54,10 +54,10 @@ class StyleTeacherConfig:
     """Jacobi iterations of the harmonisation."""
     neighbours: int = 2
     """Views each view is harmonised with (nearest viewing directions)."""
-    teacher_size: int | None = CONTENT_SIZE
-    """Longer side (px) the style network runs at; renders of another size are resized (bilinear, antialiased) and
-    the result resized back. The network's strokes have their trained size at 384; renders far below it show a
-    regular stroke grid when upsampled, so build the colour maps near this size. None: run at the render size."""
+    teacher_size: int | None = None
+    """Longer side (px) the style network runs at, renders resized to it and back; None: the render's own size.
+    Seen on a 128 px plane: upsampling renders to 384 gave a regular stroke grid, the render size clean painterly
+    strokes; for strokes at the size the network learnt (384 px), build the colour maps near 384 px instead."""
     batch_size: int = 4
     """Views stylised per network call (memory vs speed)."""
     cg_tolerance: float = 1e-5
