@@ -7,6 +7,7 @@ Every metric, its source paper and the published numbers to compare with are in 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +27,21 @@ from styleme3d_ns.eval.consistency import (
     mean_defined,
     pair_errors,
     select_pairs,
+    sh_dc_only,
+    view_dependent_share,
 )
 from styleme3d_ns.eval.image_metrics import lpips_missing_note, mean_lpips, mean_psnr, mean_saturation, mean_ssim
 from styleme3d_ns.eval.orbit import orbit_cameras
 from styleme3d_ns.eval.render import CameraPool, RenderedViews, load_pipeline, render_views
 from styleme3d_ns.eval.run_logs import read_run_cost
 from styleme3d_ns.eval.sheet import contact_sheet
-from styleme3d_ns.eval.style_metrics import clip_scores, csd_scores, gram_scores, no_style_scores
+from styleme3d_ns.eval.style_metrics import (
+    clip_scores,
+    csd_scores,
+    gram_scores,
+    learned_style_scores,
+    no_style_scores,
+)
 from styleme3d_ns.faces import FaceIdentity, MissingFaceModelsError
 from styleme3d_ns.guidance.csd import CSD_REPO
 from styleme3d_ns.models.style_reference import style_paths
@@ -151,9 +160,9 @@ def content_scores(base: RenderedViews, stylised: RenderedViews, lpips: torch.nn
 def _range_summary(
     pairs: list[ViewPair], base: list[PairError], stylised: list[PairError], pool: CameraPool
 ) -> dict[str, Any]:
-    """Base vs stylised warped error of one range (short or long)."""
-    rmse_base = mean_defined([e.rmse for e in base])
-    rmse_stylised = mean_defined([e.rmse for e in stylised])
+    """Base vs stylised warped error of one range (short or long); pairs weighted by their valid pixels."""
+    rmse_base = mean_defined([e.rmse for e in base], [e.valid_fraction for e in base])
+    rmse_stylised = mean_defined([e.rmse for e in stylised], [e.valid_fraction for e in stylised])
     return {
         "pairs": [
             {
@@ -349,6 +358,17 @@ def _render_both(
     return stylised, base
 
 
+def _consistency_dc_only(
+    model: Any, base_model: Any | None, pool: CameraPool, ids: list[int], ranges: dict[str, list[ViewPair]],
+    config: EvalConfig,
+) -> dict[str, Any]:  # fmt: skip
+    """The same warped errors with both splats rendered from their SH DC only, and the share view-dependent colour
+    adds to the full renders' error (`view_dependent_added`: full / DC-only - 1)."""
+    with sh_dc_only(model), sh_dc_only(base_model) if base_model is not None else contextlib.nullcontext():
+        stylised, base = _render_both(model, base_model, [pool[i] for i in ids], ids)
+    return _consistency(base, stylised, pool, ranges, config, None)
+
+
 def evaluate(config: EvalConfig) -> dict[str, Any]:
     """Render, score and write the JSON and contact sheet; returns the metrics as written."""
     _check(config)
@@ -385,11 +405,16 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
             **style_scores,
             **_clip(config, run_config, held_out_base, held_out_stylised, style),
             **csd_scores(held_out_base.rgb, held_out_stylised.rgb, style, config.csd_weights),
+            **learned_style_scores(held_out_base.rgb, held_out_stylised.rgb, style),
         },
         "consistency": _consistency(base, stylised, pool, ranges, config, lpips),
+        "consistency_sh_dc_only": _consistency_dc_only(model, base_model, pool, ids, ranges, config),
         "portrait": _portrait(config, pool, model, base_model, _training_photo(pipeline)) if config.portrait else None,
         "cost": {"run": read_run_cost(config.load_config.parent), "base": _base_cost(config, base_info)},
     }
+    metrics["consistency_sh_dc_only"]["view_dependent_added"] = view_dependent_share(
+        metrics["consistency"], metrics["consistency_sh_dc_only"]
+    )
     extra = [style[0].permute(1, 2, 0)] if style is not None else []
     rows = [[b, s, *extra] for b, s in zip(held_out_base.rgb, held_out_stylised.rgb, strict=True)]
     _write_outputs(config, metrics, rows, start)
@@ -486,6 +511,11 @@ def _summary(metrics: dict[str, Any]) -> str:
         )
     if style.get("csd_similarity") is not None:
         lines.append(f"CSD style similarity {style['csd_similarity_base']:.3f} -> {style['csd_similarity']:.3f}")
+    if style.get("learned_style_similarity") is not None:
+        lines.append(
+            f"learned style similarity {style['learned_style_similarity_base']:.3f} -> "
+            f"{style['learned_style_similarity']:.3f}"
+        )
     for name in ("short_range", "long_range"):
         r = consistency[name]
         if r["rmse_base"] is not None and r["rmse_stylised"] is not None:

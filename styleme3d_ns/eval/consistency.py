@@ -11,9 +11,10 @@ pairs weighted by their valid pixels (a pair that shares 0.02% of its pixels say
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -171,3 +172,40 @@ def mean_defined(values: Sequence[float | None], weights: Sequence[float] | None
     if not pairs or total <= 0:
         return None
     return float(sum(v * w for v, w in pairs) / total)
+
+
+@contextlib.contextmanager
+def sh_dc_only(model: nn.Module) -> Iterator[None]:
+    """Render ``model`` from its SH DC only: its higher SH bands (splatfacto's ``features_rest``, and the stored base
+    colours' ``base_features_rest`` when present) are zeroed inside the block and restored after it."""
+    tensors = [model.gauss_params["features_rest"]]
+    if isinstance(getattr(model, "base_features_rest", None), Tensor):
+        tensors.append(model.base_features_rest)
+    saved = [t.detach().clone() for t in tensors]
+    try:
+        with torch.no_grad():
+            for t in tensors:
+                t.zero_()
+        yield
+    finally:
+        with torch.no_grad():
+            for t, s in zip(tensors, saved, strict=True):
+                t.copy_(s)
+
+
+def view_dependent_share(full: Mapping[str, Any], dc_only: Mapping[str, Any]) -> dict[str, Any]:
+    """How much of each range's warped error view-dependent colour adds: full / DC-only - 1, base and stylised.
+
+    Args:
+        full, dc_only: consistency summaries (``{"short_range": {"rmse_base", "rmse_stylised", ...}, ...}``) of the
+            same views rendered with all SH bands and with the DC only.
+    """
+    share: dict[str, Any] = {}
+    for name in ("short_range", "long_range"):
+        if name not in full or name not in dc_only:
+            continue
+        share[name] = {}
+        for key in ("rmse_base", "rmse_stylised"):
+            a, b = full[name].get(key), dc_only[name].get(key)
+            share[name][key.replace("rmse", "added")] = None if a is None or not b else a / b - 1.0
+    return share
