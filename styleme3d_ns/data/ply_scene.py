@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from nerfstudio.cameras.cameras import Cameras, CameraType
+from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
@@ -37,6 +37,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from PIL import Image
 from torch import Tensor
 
+from styleme3d_ns.data.portrait import portrait_cameras as square_cameras
 from styleme3d_ns.errors import UserInputError, exit_on_user_error
 from styleme3d_ns.render import rasterize
 from styleme3d_ns.render.camera import orbit_poses, viewmat_from_c2w
@@ -220,19 +221,7 @@ class OrbitRig:
     def cameras(self, azimuth_deg: Tensor, elevation_deg: Tensor) -> Cameras:
         """Square pinhole `Cameras [V]` at these `[V]` azimuths/elevations (degrees) around :attr:`up`."""
         c2w = orbit_poses(azimuth_deg, elevation_deg, self.distance, self.centre, self.up)
-        n = c2w.shape[0]
-        focal = 0.5 * self.image_size / math.tan(math.radians(self.fov_deg) / 2)
-        full = lambda value: torch.full((n, 1), float(value))
-        return Cameras(
-            camera_to_worlds=c2w,
-            fx=full(focal),
-            fy=full(focal),
-            cx=full(self.image_size / 2),
-            cy=full(self.image_size / 2),
-            width=torch.full((n, 1), self.image_size, dtype=torch.long),
-            height=torch.full((n, 1), self.image_size, dtype=torch.long),
-            camera_type=CameraType.PERSPECTIVE,
-        )
+        return square_cameras(c2w, self.image_size, self.fov_deg)
 
 
 def orbit_views(num_views: int, elevations_deg: tuple[float, ...], eval_views: int) -> dict[str, tuple[Tensor, Tensor]]:
