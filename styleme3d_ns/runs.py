@@ -8,9 +8,7 @@ nothing else in the folder, and never an input, is touched. Every argument is ch
 from __future__ import annotations
 
 import fnmatch
-import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterable
@@ -18,6 +16,7 @@ from pathlib import Path
 
 from styleme3d_ns.atomic import write_text_atomic
 from styleme3d_ns.errors import UserInputError
+from styleme3d_ns.stages import run_logged
 
 MARKER = ".styleme3d-demo"
 """File a demo writes into an output folder it made; a non-empty folder without it is never replaced silently."""
@@ -37,12 +36,11 @@ def run_stage(stage: str, cmd: list[str], log: Path) -> float:
     """Run one command with its output in `log`; returns its seconds, or exits naming the stage and the log tail."""
     print(f"[demo] {stage}: {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
-    with log.open("w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    returncode = run_logged(stage, cmd, log)  # shows the stage's progress while it runs
     seconds = time.perf_counter() - start
-    if proc.returncode != 0:
+    if returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
-        raise SystemExit(f"[demo] {stage} failed (exit {proc.returncode}); log {log}:\n{tail}")
+        raise SystemExit(f"[demo] {stage} failed (exit {returncode}); log {log}:\n{tail}")
     print(f"[demo]   done in {seconds:.0f} s (log: {log})", flush=True)
     return seconds
 
