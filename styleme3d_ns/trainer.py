@@ -173,9 +173,16 @@ class StyleTrainer(Trainer):
 
     def train_iteration(self, step: int):  # noqa: ANN201 - nerfstudio's return type
         self._last_started = step  # every step that starts runs to its end: Ctrl-C only stops the loop between steps
-        return super().train_iteration(step)
+        result = super().train_iteration(step)
+        done = getattr(self.pipeline.model, "done_after_step", None)
+        if done is not None and step >= done:  # the model's plan ended early (e.g. the offline teacher's solve)
+            CONSOLE.log(f"Step {step}: the model's plan is complete; saving and stopping")
+            self.stop_training = True
+        return result
 
     def _after_train(self) -> None:
+        if self.stop_training and self._last_started is not None and not self._interrupted:
+            self.step = self._last_started  # nerfstudio's loop has moved to the next step before it stops
         if not self._interrupted:
             self._completed = True
             if threading.current_thread() is threading.main_thread():

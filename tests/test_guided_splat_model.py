@@ -202,3 +202,16 @@ def test_a_checkpoint_written_by_the_0_1_0_model_layer_loads_and_renders(
     assert not torch.allclose(outputs["rgb"], outputs["content_rgb"]), "the stylised colours render, not the base"
     metrics, _ = model.get_image_metrics_and_images(outputs, batch)
     assert {"psnr", "content_psnr", "content_ssim", "gram_distance"} <= set(metrics)
+
+
+def test_a_config_yml_from_before_a_field_existed_loads_with_its_default(scene_dir: Path, tmp_path: Path) -> None:
+    import yaml
+
+    text = yaml.dump(styleme3d_config(scene_dir, tmp_path, 1))
+    old = "\n".join(
+        line for line in text.splitlines() if not line.strip().startswith(("offline_teacher:", "strength:"))
+    )
+    assert "offline_teacher" not in old
+    loaded = yaml.load(old, Loader=yaml.Loader)  # as nerfstudio's eval_setup reads config.yml
+    model = loaded.pipeline.model
+    assert model.offline_teacher == "auto" and model.look.strength == 1.0 and model.teacher.strength == 1.0

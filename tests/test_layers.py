@@ -12,6 +12,7 @@ LAYERS = {
     "styleme3d_ns.errors": 0,
     "styleme3d_ns.atomic": 0,
     "styleme3d_ns.safe_load": 0,
+    "styleme3d_ns.config_defaults": 0,
     "styleme3d_ns.render": 1,
     "styleme3d_ns.faces": 1,
     "styleme3d_ns.guidance": 2,

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from styleme3d_ns.config_defaults import DefaultsOnLoad
+
 
 @dataclass
-class GuidanceConfig:
+class GuidanceConfig(DefaultsOnLoad):
     """Fields shared by every guidance config."""
 
     weight: float = 1.0

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from styleme3d_ns.config_defaults import DefaultsOnLoad
 from styleme3d_ns.guidance.disparity import harmonise_targets, neighbour_pairs
 from styleme3d_ns.guidance.magenta import MagentaStyleNetworks
 from styleme3d_ns.render.colour_map import ColourMap
@@ -31,7 +32,7 @@ from styleme3d_ns.render.colour_solve import ColourSolution, solve_colours
 
 
 @dataclass
-class StyleTeacherConfig:
+class StyleTeacherConfig(DefaultsOnLoad):
     """Options of :class:`StyleTeacher` (the offline teacher + exact colour solve)."""
 
     rounds: int = 2

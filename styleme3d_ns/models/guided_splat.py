@@ -43,6 +43,7 @@ from pytorch_msssim import SSIM
 from torch import Tensor
 from torch.nn import Parameter
 
+from styleme3d_ns.config_defaults import DefaultsOnLoad
 from styleme3d_ns.data.ply_scene import base_splat_for_model
 from styleme3d_ns.errors import UserInputError, exit_on_user_error
 from styleme3d_ns.guidance.photometric import PhotometricConfig, PhotometricL1
@@ -65,7 +66,7 @@ Phase = Literal["reconstruct", "stylise", "generate"]
 
 
 @dataclass
-class GuidedSplatModelConfig(SplatfactoModelConfig):
+class GuidedSplatModelConfig(DefaultsOnLoad, SplatfactoModelConfig):
     """Splatfacto trained in phases (reconstruct, then stylise or generate) against a method's loss terms."""
 
     _target: type = field(default_factory=lambda: GuidedSplatModel)
@@ -84,6 +85,8 @@ class GuidedSplatModelConfig(SplatfactoModelConfig):
     (bit-for-bit the same image up to float rounding, 20x+ faster on CPU). Rebuilt whenever geometry changes."""
     fast_path_cache_views: int = 256
     """How many training views the colour fast path keeps cached (each costs ~pixels x overlap floats)."""
+    drop_non_finite_gaussians: bool = False
+    """Drop base Gaussians with NaN/inf values (with a warning naming how many) instead of refusing the checkpoint."""
     look: LookConfig = field(default_factory=LookConfig)
     """The look shown by the viewer (its Style panel sets it live), `ns-render` and `ns-export`: which palette style,
     its strength, a blend with a second style, colour preservation and a region (docs/viewer.md)."""
@@ -140,6 +143,9 @@ class GuidedSplatModel(SplatfactoModel):
         self.guidance: dict[str, Callable[..., dict[str, Tensor]]] = {}  # built terms; a dict, never submodules
         self.active_terms: list[LossTerm] = []
         self._terms_ready = False
+        self._stylise_pending = False  # a fresh stylise phase still owes on_stylise_start (never after a load)
+        self.train_cameras: Cameras | None = None  # known once training is set up
+        self.done_after_step: int | None = None  # set when the plan ends early (StyleTrainer stops after that step)
         self.loaded_base = base is not None
         self.phase: Phase = "generate" if self.target_phase() == "generate" else "reconstruct"
         if self.target_phase() == "stylise":
@@ -158,7 +164,11 @@ class GuidedSplatModel(SplatfactoModel):
         if self.config.base_checkpoint is None:
             return None
         try:
-            base = load_gaussians(self.config.base_checkpoint)
+            base = load_gaussians(
+                self.config.base_checkpoint,
+                sh_degree=self.config.sh_degree,
+                drop_non_finite=self.config.drop_non_finite_gaussians,
+            )
         except Exception as err:  # noqa: BLE001 - reported when training starts, see get_training_callbacks
             # ns-render / ns-export rebuild this model from config.yml and then load the stylised state:
             # they must work even if the base checkpoint has since moved, so only training fails on it.
@@ -245,8 +255,9 @@ class GuidedSplatModel(SplatfactoModel):
             self.palette.reset(*self.gauss_params["features_rest"].shape[:2])
         self.phase = "stylise"
         self._colour_maps.clear()
-        if self._terms_ready and capture_base:
-            self.on_stylise_start()
+        self._stylise_pending = capture_base
+        if self._terms_ready:
+            self._start_stylising()
 
     def get_gaussian_param_groups(self) -> dict[str, list[Parameter]]:
         # A loaded base never optimises geometry, so those tensors are not even handed to an optimiser.
@@ -258,6 +269,10 @@ class GuidedSplatModel(SplatfactoModel):
     def get_training_callbacks(
         self, training_callback_attributes: TrainingCallbackAttributes
     ) -> list[TrainingCallback]:
+        datamanager = getattr(training_callback_attributes.pipeline, "datamanager", None)
+        dataset = getattr(datamanager, "train_dataset", None)
+        # the training cameras, for work over all views at once (the offline teacher's colour solve)
+        self.train_cameras = getattr(dataset, "cameras", None)
         with exit_on_user_error():
             if self._deferred_error is not None:
                 raise self._deferred_error
@@ -292,7 +307,7 @@ class GuidedSplatModel(SplatfactoModel):
             CONSOLE.log(f"{self.method_name} terms active: {active}")
         self._terms_ready = True
         if self.phase == "stylise":
-            self.on_stylise_start()
+            self._start_stylising()
 
     def _build_term(self, term: LossTerm) -> Callable[..., dict[str, Tensor]] | None:
         reason = term.is_configured_off()
@@ -343,9 +358,16 @@ class GuidedSplatModel(SplatfactoModel):
                     self.strategy._update_state(self.gauss_params, self.strategy_state, info, packed=False)
         super().step_post_backward(step)
 
+    def _start_stylising(self) -> None:
+        if self._stylise_pending:
+            self._stylise_pending = False
+            self.on_stylise_start()
+
     def update_to_step(self, step: int) -> None:
-        """A loaded checkpoint's step decides its phase: past ``reconstruct_steps`` its geometry is already fixed."""
+        """A loaded checkpoint's step decides its phase: past ``reconstruct_steps`` its geometry is already fixed.
+        Its colours are what its run made of them: stylisation does not start over (no teacher, no pre-match)."""
         super().update_to_step(step)
+        self._stylise_pending = False
         if self.phase == "reconstruct" and self.target_phase() == "stylise" and step >= self.config.reconstruct_steps:
             self.enter_stylise(capture_base=False)
 
@@ -382,6 +404,8 @@ class GuidedSplatModel(SplatfactoModel):
             return super().get_loss_dict(outputs, batch, metrics_dict)
         loss_dict = super().get_loss_dict(outputs, batch, metrics_dict) if self.uses_reconstruction_loss() else {}
         views = self._views_this_step(outputs, batch)
+        if not loss_dict and not self.active_terms:  # e.g. after the offline teacher: a step that changes nothing
+            loss_dict["idle"] = 0.0 * self.features_dc.sum()  # zero gradients: Adam's first update is then exactly 0
         for term in self.active_terms:
             seen = views(term.views)
             if seen.images.shape[0] == 0:
@@ -448,21 +472,25 @@ class GuidedSplatModel(SplatfactoModel):
         if cmap is None:
             if len(self._colour_maps) >= self.config.fast_path_cache_views:
                 self._colour_maps.pop(next(iter(self._colour_maps)))
-            with torch.no_grad():
-                cmap = ColourMap.build(
-                    means=self.means,
-                    quats=self.quats,
-                    scales=torch.exp(self.scales),
-                    opacities=torch.sigmoid(self.opacities).squeeze(-1),
-                    viewmat=viewmat,
-                    K=K,
-                    width=width,
-                    height=height,
-                    sh_degree=self._sh_degree_now(),
-                    rasterize_mode=self.config.rasterize_mode,
-                )
+            cmap = self._build_colour_map(viewmat, K, width, height)
             self._colour_maps[key] = cmap
         return cmap
+
+    @torch.no_grad()
+    def _build_colour_map(self, viewmat: Tensor, K: Tensor, width: int, height: int) -> ColourMap:
+        """The linear colour -> pixel map of one view of this (frozen) geometry (render/colour_map.py)."""
+        return ColourMap.build(
+            means=self.means,
+            quats=self.quats,
+            scales=torch.exp(self.scales),
+            opacities=torch.sigmoid(self.opacities).squeeze(-1),
+            viewmat=viewmat,
+            K=K,
+            width=width,
+            height=height,
+            sh_degree=self._sh_degree_now(),
+            rasterize_mode=self.config.rasterize_mode,
+        )
 
     def _view(self, camera: Cameras) -> tuple[Tensor, Tensor, int, int]:
         """World-to-camera `[1, 4, 4]`, intrinsics `[1, 3, 3]`, width and height of `camera` at this resolution."""

@@ -29,6 +29,7 @@ from nerfstudio.configs.base_config import PrintableConfig
 from nerfstudio.data.scene_box import OrientedBox
 from torch import Tensor
 
+from styleme3d_ns.config_defaults import DefaultsOnLoad
 from styleme3d_ns.errors import UserInputError
 
 ColourPreservation = Literal["off", "base-colour", "style-colour"]
@@ -44,7 +45,7 @@ Palette = Tensor | Sequence[Tensor]
 
 
 @dataclass
-class LookConfig(PrintableConfig):
+class LookConfig(DefaultsOnLoad, PrintableConfig):
     """The look shown, rendered and exported: a palette entry, its strength, a second style, colour and region."""
 
     style: int = 0

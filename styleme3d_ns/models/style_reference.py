@@ -1,18 +1,31 @@
-"""Methods that take a style image: the image, loaded once, and the multi-scale Gram term built on it.
+"""Methods that take style images: the images, loaded once; the multi-scale Gram term; the offline teacher; the palette.
 
-Shared by ``styleme3d`` (paper 000's SOS expert on the training views) and ``sas-portrait`` (an offline style term on
-its random views), so the option names, loading and error lines are the same in both.
+Shared by ``styleme3d`` (paper 000's SOS expert on the training views, the teacher's colour solve when stylising
+starts) and ``sas-portrait`` (an offline style term on its random views), so option names, loading and error lines
+are the same in both. With several style images the first is trained and every further one becomes a palette entry
+fitted by the teacher (:mod:`styleme3d_ns.models.palette`); the viewer's "Add style" does the same for a new image.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+import torch
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
+from styleme3d_ns.data.ply_scene import OrbitRig, orbit_views
 from styleme3d_ns.data.style_image import load_style_image
+from styleme3d_ns.errors import UserInputError
 from styleme3d_ns.guidance.gram import GramStyleLoss, GramStyleLossConfig
+from styleme3d_ns.guidance.magenta import CONTENT_SIZE, MagentaStyleNetworks
+from styleme3d_ns.guidance.style_teacher import StyleTeacher, StyleTeacherConfig
+from styleme3d_ns.guidance.weights import MissingWeightsError
 from styleme3d_ns.models.guided_splat import GuidedSplatModel, GuidedSplatModelConfig
 from styleme3d_ns.models.loss_terms import TRAIN_VIEW, LossTerm
 
@@ -28,6 +41,20 @@ class StyleImageSplatModelConfig(GuidedSplatModelConfig):
     a palette entry of its own over the same geometry; pick, blend and dial them in the viewer (docs/viewer.md)."""
     sos: GramStyleLossConfig = field(default_factory=GramStyleLossConfig)
     """Multi-scale Gram style term (paper 000's SOS): backbone efficientnet-lite0 (packaged) or vgg19 (your weights)."""
+    offline_teacher: Literal["auto", "on", "off"] = "auto"
+    """When colours start to train on the fixed splat, fit them in seconds to the Magenta style network's renditions of
+    every training view (docs/styleme3d.md, "Offline teacher"). auto: when the `style` extra is installed (one line
+    says when it is not); on: stop without it; off: never."""
+    teacher: StyleTeacherConfig = field(default_factory=StyleTeacherConfig)
+    """The teacher's rounds, strength, colour preservation, content weight (ridge), SH degree and view harmonisation."""
+    steps_after_teacher: int = 0
+    """Steps the Gram (SOS) and photo terms train after the offline teacher's solve when no diffusion or CSD expert is
+    active (0: the teacher's solution is the result, saved after one idle step; measured in docs/styleme3d.md:
+    Gram-loss refinement there trades view consistency and content for Gram distance). Runs whose diffusion experts
+    loaded always train the full --max-num-iterations."""
+    teacher_render_scale: float = 2.0
+    """The teacher sees the training views rendered this many times larger (its strokes need pixels; never above its
+    384 px input): memory and time grow with its square."""
 
 
 class StyleImageSplatModel(GuidedSplatModel):
@@ -52,6 +79,105 @@ class StyleImageSplatModel(GuidedSplatModel):
 
     def live_style_name(self) -> str:
         return self.style_paths[0].stem if self.style_paths else super().live_style_name()
+
+    # ---------------------------------------------------------------- the offline teacher
+    def on_stylise_start(self) -> None:
+        """Fit the colours to the teacher's renditions of every view (first style), and one palette entry per
+        further style image."""
+        networks = self._teacher_networks(self.config.offline_teacher)
+        if networks is None or not self.style_paths:
+            return
+        views = self._teacher_views(self._teacher_cameras())
+        for index, path in enumerate(self.style_paths):
+            colours = self._teach(networks, self.style_image(index), views, path.stem, CONSOLE.log)
+            if index == 0:
+                self.features_dc.data.copy_(colours[:, 0])
+                self.features_rest.data.copy_(colours[:, 1:])
+            else:
+                self.add_palette_entry(colours[:, 0], colours[:, 1:], path.stem)
+        offline = {"sos", "recon"}  # the terms the teacher stands in for when no diffusion or CSD expert runs
+        if {t.name for t in self.active_terms} <= offline:
+            self.done_after_step = self.step + max(0, self.config.steps_after_teacher - 1)
+            if self.config.steps_after_teacher == 0:  # the teacher's solution is the result: nothing else moves it
+                self.active_terms = [t for t in self.active_terms if t.name not in offline]
+            CONSOLE.log(f"offline teacher: the run ends after step {self.done_after_step} (--steps-after-teacher)")
+
+    def style_adder(self) -> Callable[[str, Callable[[str], None]], list[str]] | None:
+        return self.add_style if self.config.offline_teacher != "off" and self.config.sh_degree > 0 else None
+
+    def add_style(self, path: str, report: Callable[[str], None]) -> list[str]:
+        """A new palette entry from the style image at `path`, fitted by the teacher (the viewer's "Add style");
+        returns the palette's names. Raises UserInputError (one line) for an unreadable image or a missing extra."""
+        if not self.geometry_frozen:
+            raise UserInputError("styles can be added once the splat's geometry is fixed (after reconstruction)")
+        style = load_style_image(Path(path).expanduser()).to(self.device)
+        networks = self._teacher_networks("on")
+        cameras = self.train_cameras if self.train_cameras is not None else self._orbit_cameras()
+        colours = self._teach(networks, style, self._teacher_views(cameras), Path(path).stem, report)
+        return self.add_palette_entry(colours[:, 0], colours[:, 1:], Path(path).stem)
+
+    def _teacher_networks(self, mode: str) -> MagentaStyleNetworks | None:
+        """The Magenta networks, or None (with one line) when the teacher is off or cannot run here."""
+        if mode == "off":
+            return None
+        reason = None
+        if self.config.sh_degree == 0:
+            reason = "the splat has no SH colours (sh_degree 0): the colour solve fits SH coefficients"
+        else:
+            try:
+                if getattr(self, "_networks", None) is None:
+                    self._networks = MagentaStyleNetworks.load(self.device)
+                return self._networks
+            except MissingWeightsError as err:
+                reason = str(err)
+        if mode == "on":
+            raise UserInputError(f"offline teacher: {reason}")
+        CONSOLE.log(f"offline teacher off: {reason}")
+        return None
+
+    def _teacher_cameras(self) -> Cameras:
+        """The training cameras (known once training is set up), else an orbit around the splat."""
+        return self.train_cameras if self.train_cameras is not None else self._orbit_cameras()
+
+    def _orbit_cameras(self) -> Cameras:
+        """24 views around the splat's robust bounds at three heights (+z up, nerfstudio's oriented scenes)."""
+        rig = OrbitRig.around(self.means.detach().cpu(), "+z", 2.0, 128, 50.0, 1.1)
+        azimuth, elevation = orbit_views(24, (-10.0, 15.0, 40.0), 1)["train"]
+        return rig.cameras(azimuth, elevation)
+
+    @torch.no_grad()
+    def _teacher_views(self, cameras: Cameras) -> dict[str, object]:
+        """Colour maps, depths, world-to-camera matrices and intrinsics of `cameras`, each scaled by
+        `teacher_render_scale` (capped at the network's input size)."""
+        maps, depths, viewmats, Ks = [], [], [], []
+        dc, rest = self.base_features_dc, self.base_features_rest
+        for i in range(cameras.shape[0]):
+            camera = cameras[i : i + 1].to(self.device)
+            longest = float(max(camera.width.item(), camera.height.item()))
+            camera.rescale_output_resolution(min(self.config.teacher_render_scale, CONTENT_SIZE / longest))
+            viewmat, K, width, height = self._view(camera)
+            maps.append(self._build_colour_map(viewmat, K, width, height))
+            depths.append(self.render_colours(camera, dc, rest, with_depth=True)[2].permute(2, 0, 1))
+            viewmats.append(viewmat[0])
+            Ks.append(K[0])
+        return {"maps": maps, "depths": torch.stack(depths), "viewmats": torch.stack(viewmats), "Ks": torch.stack(Ks)}
+
+    def _teach(
+        self, networks: MagentaStyleNetworks, style: Tensor, views: dict, name: str, report: Callable[[str], None]
+    ) -> Tensor:
+        """Teacher-fitted SH colours `[N, K, 3]` for one style image `[1, 3, H, W]`, starting from the base."""
+        start = time.perf_counter()
+        teacher = StyleTeacher(self.config.teacher, networks, style)
+        base = torch.cat([self.base_features_dc[:, None], self.base_features_rest], dim=1)
+        rounds = self.config.teacher.rounds
+
+        def progress(index: int, solution: object) -> None:
+            report(f"offline teacher '{name}': round {index + 1}/{rounds} ({time.perf_counter() - start:.1f} s)")
+
+        colours = teacher.fit(views["maps"], base, base, self._get_background_color(), views["depths"],
+                              views["viewmats"], views["Ks"], progress)  # fmt: skip
+        report(f"offline teacher '{name}': {len(views['maps'])} views fitted in {time.perf_counter() - start:.1f} s")
+        return colours
 
     def sos_term(
         self, *, views: str = TRAIN_VIEW, inputs: dict[str, str] | None = None, scale: float = 1.0

@@ -122,10 +122,13 @@ class StyleMe3DModel(StyleImageSplatModel):
         return QualityPrior.from_config(self.config.qa, self.device, hint)
 
     def on_stylise_start(self) -> None:
-        """Move the palette to the style's once, before any style step (never again on resume)."""
-        untouched = torch.equal(self.features_dc.data, self.base_features_dc)
-        if not (self.config.colour_prematch and untouched and self.config.sh_degree > 0):
-            return
+        """Optionally move the palette to the style's first, then the offline teacher (never again on resume)."""
+        if self.config.colour_prematch and self.config.sh_degree > 0:
+            self._prematch_colours()
+        super().on_stylise_start()
+
+    def _prematch_colours(self) -> None:
+        """Map the colours to the style image's mean and covariance (StylizedGS)."""
         style_pixels = self.style_image()[0].reshape(3, -1).T
         colours = (0.5 + SH_C0 * self.features_dc.data).clamp(0.0, 1.0)
         a, b = fit_colour_transfer(colours, style_pixels)
