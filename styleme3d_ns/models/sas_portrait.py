@@ -41,6 +41,7 @@ from styleme3d_ns.errors import UserInputError
 from styleme3d_ns.faces import FaceIdentity, landmark_image
 from styleme3d_ns.guidance.arcface import load_face_embedding
 from styleme3d_ns.guidance.gram import GramStyleLossConfig
+from styleme3d_ns.guidance.magenta import MagentaStyleNetworks
 from styleme3d_ns.guidance.mvdream import MultiViewSDS, MVDreamSDSConfig
 from styleme3d_ns.guidance.sas import SASConfig, StyleAlignedSamplingLoss
 from styleme3d_ns.models.guided_splat import Phase
@@ -114,6 +115,8 @@ class SASPortraitModel(StyleImageSplatModel):
         self.rig: PortraitRig = rig if isinstance(rig, PortraitRig) else PortraitRig()
         self._view_generator = torch.Generator().manual_seed(0)
         self._face_embeds: Tensor | None = None  # SAS identity conditioning, set when SAS is built
+        self._stylist: MagentaStyleNetworks | None = None  # the offline teacher's network, set with a style image
+        self._styled_photos: dict[int, Tensor] = {}
         self._landmark_image: Tensor | None = None
         super().populate_modules()
 
@@ -136,9 +139,15 @@ class SASPortraitModel(StyleImageSplatModel):
     # ---------------------------------------------------------------- terms
     def loss_terms(self) -> list[LossTerm]:
         cfg = self.config
-        terms = [self.photo_term("front", cfg.front_weight, "front-view L1")]
+        front = self.photo_term("front", cfg.front_weight, "front-view L1")
         if self.style_paths:
             self.style_image()  # a bad style image stops the run before anything is built
+            self._stylist = self._teacher_networks(cfg.offline_teacher)
+            if self._stylist is not None:  # offline, the portrait is fitted to the stylised photo
+                front.inputs = {"target_images": "styled_photos"}
+                front.label = "front-view L1 to the photo stylised by the offline teacher's network"
+        terms = [front]
+        if self.style_paths:
             terms.append(self.sos_term(views="styled"))
         no_prompt = 'no prompt (pass --pipeline.model.style-prompt "3D cartoon style")'
         terms += [
@@ -206,6 +215,25 @@ class SASPortraitModel(StyleImageSplatModel):
         return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy())
 
     # ---------------------------------------------------------------- views
+    def train_views(self, outputs: dict, batch: dict) -> Views:
+        """The photo's view, plus the photo stylised once by the Magenta network (``"styled_photos"``) when the
+        offline teacher is on: the style image's palette and strokes on the face, identity kept by the photo."""
+        views = super().train_views(outputs, batch)
+        if self._stylist is not None:
+            views.add("styled_photos", lambda: self._styled_photo(int(batch.get("image_idx", 0)), views["photos"]))
+        return views
+
+    @torch.no_grad()
+    def _styled_photo(self, index: int, photo: Tensor) -> Tensor:
+        """`photo` `[1, 3, H, W]` stylised with the first style image (cached per training image)."""
+        if index not in self._styled_photos:
+            teacher = self.config.teacher
+            vector = self._stylist.style_vector(self.style_image())
+            self._styled_photos[index] = self._stylist.stylise(
+                photo, vector, teacher.strength, teacher.preserve_colour, size=teacher.teacher_size
+            ).to(photo)
+        return self._styled_photos[index]
+
     def view_sets(self) -> dict[str, Callable[[Callable[[str], Views]], Views]]:
         return {"random": self._random_view_set, "styled": self._styled_view_set, "mvdream": self._mvdream_view_set}
 

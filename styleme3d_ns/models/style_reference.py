@@ -84,8 +84,13 @@ class StyleImageSplatModel(GuidedSplatModel):
     def on_stylise_start(self) -> None:
         """Fit the colours to the teacher's renditions of every view (first style), and one palette entry per
         further style image."""
+        if not self.style_paths:
+            return
+        if self.config.sh_degree == 0:  # colours are sigmoid logits there; the solve fits SH coefficients
+            CONSOLE.log("offline teacher off: the splat has no SH colours (--pipeline.model.sh-degree 0)")
+            return
         networks = self._teacher_networks(self.config.offline_teacher)
-        if networks is None or not self.style_paths:
+        if networks is None:
             return
         views = self._teacher_views(self._teacher_cameras())
         for index, path in enumerate(self.style_paths):
@@ -120,16 +125,12 @@ class StyleImageSplatModel(GuidedSplatModel):
         """The Magenta networks, or None (with one line) when the teacher is off or cannot run here."""
         if mode == "off":
             return None
-        reason = None
-        if self.config.sh_degree == 0:
-            reason = "the splat has no SH colours (sh_degree 0): the colour solve fits SH coefficients"
-        else:
-            try:
-                if getattr(self, "_networks", None) is None:
-                    self._networks = MagentaStyleNetworks.load(self.device)
-                return self._networks
-            except MissingWeightsError as err:
-                reason = str(err)
+        try:
+            if getattr(self, "_networks", None) is None:
+                self._networks = MagentaStyleNetworks.load(self.device)
+            return self._networks
+        except MissingWeightsError as err:
+            reason = str(err)
         if mode == "on":
             raise UserInputError(f"offline teacher: {reason}")
         CONSOLE.log(f"offline teacher off: {reason}")
