@@ -20,7 +20,7 @@ All of it is affine with weights summing to one, so the same operations on SH co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,8 +40,9 @@ REGIONS: tuple[Region, ...] = ("all", "inside", "outside")
 LUMA_BT601 = (0.299, 0.587, 0.114)
 """RGB weights of Y in YUV and YIQ (ITU-R BT.601)."""
 
-Palette = Tensor | Sequence[Tensor]
-"""Per-style colours or coefficients: a [S, N, ..., 3] tensor, or S tensors [N, ..., 3] (only used entries are read)."""
+Palette = Tensor | Sequence[Tensor] | Mapping[int, Tensor]
+"""Per-style colours or coefficients: a [S, N, ..., 3] tensor, S tensors [N, ..., 3], or {index: [N, ..., 3]} holding
+at least `styles_used(look)` (only those entries are read, so a caller evaluates SH for them alone)."""
 
 
 @dataclass
@@ -147,8 +148,8 @@ def apply_look(base_rgb: Tensor, palette_rgb: Palette, means: Tensor, look: Look
 
     Args:
         base_rgb: [N, 3] base colours for this view (SH evaluated and clamped as the rasteriser takes them).
-        palette_rgb: [S, N, 3] the palette's colours for the same view (or S tensors [N, 3]; only
-            `styles_used(look)` are read, so other entries may be placeholders).
+        palette_rgb: [S, N, 3] the palette's colours for the same view (or a `Palette` holding only
+            `styles_used(look)`, so that SH is evaluated for the entries shown alone).
         means: [N, 3] Gaussian centres (world), for the region box.
         look: the look; assumed valid (`check_look`).
 

@@ -97,9 +97,11 @@ class LookControls(ViewerElement[LookConfig], ViewerControl):
         self.region = ViewerDropdown("Region", look.region, list(REGIONS), cb_hook=hooked,
                                      hint="Stylise everywhere, or only inside / outside the box")  # fmt: skip
         boxed = look.region != "all"
-        self.box_center = ViewerVec3("Box center", look.box_center, step=0.01, cb_hook=hooked, visible=boxed)
-        self.box_size = ViewerVec3("Box size", look.box_size, step=0.01, cb_hook=hooked, visible=boxed)
-        self.box_rotation = ViewerVec3("Box rotation", look.box_rotation, step=0.01, cb_hook=hooked, visible=boxed)
+        self.box_center = ViewerVec3("Box center", _vec3(look.box_center), step=0.01, cb_hook=hooked, visible=boxed)
+        self.box_size = ViewerVec3("Box size", _vec3(look.box_size), step=0.01, cb_hook=hooked, visible=boxed)
+        self.box_rotation = ViewerVec3(
+            "Box rotation", _vec3(look.box_rotation), step=0.01, cb_hook=hooked, visible=boxed
+        )
         self.box_from_crop = ViewerButton("Box from crop", cb_hook=lambda _: self.copy_crop_box(), visible=boxed)
         self.style_path = ViewerText("Style image", "", hint="Path of an image to add to the palette",
                                      visible=on_add_style is not None)  # fmt: skip
