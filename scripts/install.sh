@@ -3,10 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# open3d (nerfstudio's ply loading) needs libusb; ns-render writes videos with ffmpeg.
+# open3d (nerfstudio's ply loading) needs libusb; ns-render writes videos with ffmpeg; the browser test drives chromium.
 need=()
 ldconfig -p 2>/dev/null | grep -q "libusb-1.0.so.0" || need+=(libusb-1.0-0)
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
