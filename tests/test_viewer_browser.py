@@ -1,0 +1,140 @@
+"""`ns-viewer` driven from a real browser: Debian's headless chromium under Playwright, against 127.0.0.1.
+
+The helpers find viser's GUI controls by their visible label (viser renders ``<label for=id>`` beside each input),
+pick dropdown entries and move sliders with the keyboard as a user would, and read the 3D canvas (nerfstudio draws
+each rendered frame into it) as pixels. Playwright's own browser download is not used: `executable_path` points at
+the system chromium (`apt-get install chromium`, scripts/install.sh), WebGL through SwiftShader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.test_viewer import _free_port, _stop, _tail, _wait_for_listener
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox"]
+GUI_TIMEOUT_MS = 60_000  # page load -> the control panel is built
+SETTLE_TIMEOUT_S = 60.0  # a control change -> the canvas shows the new, full-resolution frame
+STABLE_S = 2.0  # unchanged this long = the full-resolution frame, not the preview
+PANEL_SCREENSHOT = Path(os.environ.get("STYLEME3D_PANEL_SCREENSHOT", "/tmp/styleme3d_viewer_panel.png"))
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+
+
+@contextlib.contextmanager
+def ns_viewer(config: Path, log: Path) -> Iterator[str]:
+    """Run `ns-viewer --load-config config` on a free loopback port; yield its URL, stop it afterwards."""
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+    cmd = [str(Path(sys.executable).with_name("ns-viewer")), "--load-config", str(config),
+           "--viewer.websocket-host", "127.0.0.1", "--viewer.websocket-port", str(port)]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)  # fmt: skip
+    try:
+        _wait_for_listener(proc, port, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
+def browser_page(url: str, width: int = 1000, height: int = 1400) -> Iterator:  # noqa: ANN401 - playwright Page
+    """A headless chromium page showing the viewer at `url`, once its control panel is built."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(url)
+            page.get_by_label("Output type", exact=True).wait_for(timeout=GUI_TIMEOUT_MS)
+            yield page
+        finally:
+            browser.close()
+
+
+def control_row(page, label: str):  # noqa: ANN001, ANN201 - playwright Page / Locator
+    """The GUI row (label + input) whose label reads `label`."""
+    return page.locator("div.mantine-Flex-root", has=page.get_by_text(label, exact=True)).last
+
+
+def pick(page, label: str, option: str) -> None:  # noqa: ANN001
+    """Open the dropdown labelled `label` and click `option`."""
+    page.get_by_label(label, exact=True).click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def slide(page, label: str, key: str) -> None:  # noqa: ANN001
+    """Move the slider labelled `label` with a key (Home = minimum, End = maximum, ArrowLeft/Right = one step)."""
+    control_row(page, label).get_by_role("slider").press(key)
+
+
+def panel_box(page) -> dict[str, float]:  # noqa: ANN001
+    """The control panel's box on the page: it floats over the right of the canvas, from its rows' left edge."""
+    left = control_row(page, "Output type").bounding_box()["x"] - 16
+    viewport = page.viewport_size
+    return {"x": left, "y": 0, "width": viewport["width"] - left, "height": viewport["height"]}
+
+
+def canvas_pixels(page) -> np.ndarray:  # noqa: ANN001
+    """The 3D canvas left of the control panel as [H, W, 3] float32 in [0, 255]."""
+    canvas = page.locator("canvas").first.bounding_box()
+    clip = {"x": canvas["x"], "y": canvas["y"], "width": panel_box(page)["x"] - canvas["x"], "height": canvas["height"]}
+    png = page.screenshot(clip=clip)
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32)
+
+
+def settled_frame(page, differs_from: np.ndarray | None = None, min_change: float = 2.0) -> np.ndarray:  # noqa: ANN001
+    """The canvas once it has not changed for STABLE_S (nerfstudio first shows a low-resolution preview, then the
+    full frame) and, if given, differs from `differs_from` by `min_change` mean grey levels (the new frame came)."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    previous, stable_since = canvas_pixels(page), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        current = canvas_pixels(page)
+        if np.abs(current - previous).mean() >= 0.05:
+            previous, stable_since = current, time.monotonic()
+            continue
+        arrived = differs_from is None or np.abs(current - differs_from).mean() > min_change
+        if arrived and time.monotonic() - stable_since >= STABLE_S:
+            return current
+    raise AssertionError(f"the canvas did not settle on a new frame within {SETTLE_TIMEOUT_S:.0f} s")
+
+
+def mean_abs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).mean())
+
+
+def test_browser_controls_change_the_rendered_canvas(stylised_run: Path, tmp_path: Path) -> None:
+    log = tmp_path / "ns-viewer.log"
+    with ns_viewer(stylised_run, log) as url, browser_page(url) as page:
+        styled = settled_frame(page)
+        assert styled.std() > 4.0, f"flat canvas (no splat drawn):\n{_tail(log)}"
+        pick(page, "Output type", "content_rgb")  # the base colours, rendered in the same pass
+        base = settled_frame(page, differs_from=styled)
+        assert mean_abs(base, styled) > 2.0
+        pick(page, "Output type", "rgb")
+        assert mean_abs(settled_frame(page, differs_from=base), styled) < 1.0
+
+        if page.get_by_text("Strength", exact=True).count():  # the model's look controls
+            page.get_by_text("Strength", exact=True).scroll_into_view_if_needed()
+            page.mouse.move(0, 0)  # no tooltip over the panel
+            page.screenshot(path=str(PANEL_SCREENSHOT), clip=panel_box(page))
+            slide(page, "Strength", "Home")  # strength 0 = the base colours
+            assert mean_abs(settled_frame(page, differs_from=styled), base) < 1.0
+            slide(page, "Strength", "End")
+            assert mean_abs(settled_frame(page, differs_from=base), styled) < 1.0
