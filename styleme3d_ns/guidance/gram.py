@@ -39,7 +39,7 @@ def paper_style_weights(channels: Sequence[int]) -> tuple[float, ...]:
 
 # Content-term weights relative to the normalised Gram terms above. VGG: 1.0, the Gatys reference value for r42
 # (paper 000 gives the layer, not the weight). EfficientNet-Lite0: about 0.05 on block7, measured in
-# shared/notes/offline-style-loss.md to keep the content recognisable without weakening the transfer.
+# docs/styleme3d.md ("Why these EfficientNet taps") to keep the content recognisable without weakening the transfer.
 DEFAULT_CONTENT_WEIGHTS: dict[str, float] = {"vgg19": 1.0, "efficientnet-lite0": 0.05}
 
 
@@ -58,7 +58,8 @@ class GramStyleLossConfig(GuidanceConfig):
     style_tap_weights: tuple[float, ...] | None = None
     """Per-style-tap weights; None: paper 000's 1e3/C^2 rule with C the tap's channel count."""
     content_weight: float | None = None
-    """Content term weight; None: 1.0 for VGG, 0.05 for EfficientNet (shared/notes/offline-style-loss.md)."""
+    """Content term weight; None: 1.0 for VGG, 0.05 for EfficientNet (docs/styleme3d.md, "Why these EfficientNet
+    taps")."""
     scales: tuple[float, ...] = (1.0, 0.5)
     """Render resize factors used together in the multi-scale phase (paper 000 SOS resize_images)."""
     pretrain_steps: int = 10_000
