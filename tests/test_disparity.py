@@ -7,6 +7,7 @@ import torch
 
 from styleme3d_ns.guidance.disparity import disparity_loss, harmonise_targets, neighbour_pairs
 from styleme3d_ns.render import rasterize_torch
+from tests.plane_scene import side_by_side_cameras, textured_plane
 
 SIZE = 32
 
@@ -14,18 +15,9 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def plane_views() -> dict:
     """A textured plane of Gaussians (view-independent colours) rendered by three side-by-side cameras."""
-    xs = torch.linspace(-1.6, 1.6, 48)
-    x, y = torch.meshgrid(xs, xs, indexing="xy")
-    means = torch.stack([x.reshape(-1), y.reshape(-1), torch.full((x.numel(),), 3.0)], dim=1)
-    n = len(means)
-    quats = torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1)
-    scales = torch.tensor([[0.05, 0.05, 0.005]]).repeat(n, 1)
-    opacities = torch.full((n,), 0.95)
-    colours = torch.stack([0.5 + 0.3 * torch.sin(2 * means[:, 0]), 0.5 + 0.3 * torch.cos(2 * means[:, 1]),
-                           0.5 + 0.2 * torch.sin(means[:, 0] + means[:, 1])], dim=1)  # fmt: skip
-    viewmats = torch.eye(4).repeat(3, 1, 1)
-    viewmats[:, 0, 3] = torch.tensor([-0.25, 0.0, 0.25])  # cameras at x = 0.25, 0, -0.25
-    Ks = torch.tensor([[30.0, 0, SIZE / 2], [0, 30.0, SIZE / 2], [0, 0, 1]]).repeat(3, 1, 1)
+    means, quats, scales, opacities, red_green = textured_plane(48, 0.05, 2.0)
+    colours = torch.cat([red_green, (0.5 + 0.2 * torch.sin(means[:, 0] + means[:, 1]))[:, None]], dim=1)
+    viewmats, Ks = side_by_side_cameras(30.0, SIZE)
     with torch.no_grad():
         render, alpha, _ = rasterize_torch(
             means, quats, scales, opacities, colours, viewmats, Ks, SIZE, SIZE, render_mode="RGB+ED"

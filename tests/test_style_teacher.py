@@ -13,6 +13,7 @@ from styleme3d_ns.guidance.magenta import MagentaStyleNetworks  # noqa: E402
 from styleme3d_ns.guidance.style_teacher import StyleTeacher, StyleTeacherConfig  # noqa: E402
 from styleme3d_ns.render import ColourMap, rasterize_torch  # noqa: E402
 from styleme3d_ns.render.sh import SH_C0  # noqa: E402
+from tests.plane_scene import side_by_side_cameras, textured_plane
 
 SIZE = 48
 
@@ -20,21 +21,13 @@ SIZE = 48
 @pytest.fixture(scope="module")
 def scene() -> dict:
     """A textured plane of Gaussians (SH degree 1, view-dependent bands small) seen by three cameras."""
-    xs = torch.linspace(-1.6, 1.6, 40)
-    x, y = torch.meshgrid(xs, xs, indexing="xy")
-    means = torch.stack([x.reshape(-1), y.reshape(-1), torch.full((x.numel(),), 3.0)], dim=1)
+    means, quats, scales, opacities, red_green = textured_plane(40, 0.06, 3.0)
     n = len(means)
-    quats = torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1)
-    scales = torch.tensor([[0.06, 0.06, 0.005]]).repeat(n, 1)
-    opacities = torch.full((n,), 0.95)
-    rgb = torch.stack([0.5 + 0.3 * torch.sin(3 * means[:, 0]), 0.5 + 0.3 * torch.cos(3 * means[:, 1]),
-                       torch.full((n,), 0.4)], dim=1)  # fmt: skip
+    rgb = torch.cat([red_green, torch.full((n, 1), 0.4)], dim=1)
     base = torch.zeros(n, 4, 3)
     base[:, 0] = (rgb - 0.5) / SH_C0
     base[:, 1:] = 0.02 * torch.randn(n, 3, 3, generator=torch.Generator().manual_seed(0))
-    viewmats = torch.eye(4).repeat(3, 1, 1)
-    viewmats[:, 0, 3] = torch.tensor([-0.25, 0.0, 0.25])
-    Ks = torch.tensor([[40.0, 0, SIZE / 2], [0, 40.0, SIZE / 2], [0, 0, 1]]).repeat(3, 1, 1)
+    viewmats, Ks = side_by_side_cameras(40.0, SIZE)
     geometry = (means, quats, scales, opacities)
     maps = [ColourMap.build(*geometry, viewmats[v], Ks[v], SIZE, SIZE, sh_degree=1) for v in range(3)]
     with torch.no_grad():
