@@ -79,10 +79,12 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("composite", ["compiled", "sweep"])
 @pytest.mark.parametrize(
     ("sh_degree", "render_mode", "rasterize_mode", "with_bg", "n_cameras", "packed", "per_camera"), CASES
 )
 def test_tile_rasteriser_matches_bruteforce_values_and_gradients(
+    composite: str,
     sh_degree: int | None,
     render_mode: str,
     rasterize_mode: str,
@@ -103,7 +105,7 @@ def test_tile_rasteriser_matches_bruteforce_values_and_gradients(
     views = (scene["viewmats"].clone().requires_grad_(True), scene["viewmats"].clone().requires_grad_(True))
     bgs = (ours_in[5], ref_in[5]) if with_bg else (None, None)
     render, alpha, _ = rasterize_torch(
-        *ours_in[:5], views[0], scene["Ks"], W, H, packed=packed, backgrounds=bgs[0], **kwargs
+        *ours_in[:5], views[0], scene["Ks"], W, H, packed=packed, backgrounds=bgs[0], composite=composite, **kwargs
     )
     ref_render, ref_alpha, ref_proj = reference_rasterization(
         *ref_in[:5], views[1], scene["Ks"], W, H, backgrounds=bgs[1], **kwargs
@@ -209,7 +211,8 @@ def test_sh_matches_gsplat_torch_impl(degree: int) -> None:
     assert_close((basis[..., None] * coeffs[:, : basis.shape[1]]).sum(1), expected, 1e-6, "basis . coeffs")
 
 
-def test_absgrad_equals_bruteforce_sum_of_per_pixel_abs_gradients() -> None:
+@pytest.mark.parametrize("composite", ["compiled", "sweep"])
+def test_absgrad_equals_bruteforce_sum_of_per_pixel_abs_gradients(composite: str) -> None:
     scene = random_scene(seed=11)
     args = (scene["means"], scene["quats"], scene["scales"], scene["opacities"], scene["rgb"])
     render, alpha, info = rasterize_torch(*args, scene["viewmats"], scene["Ks"], W, H, packed=False, absgrad=True)
@@ -217,7 +220,9 @@ def test_absgrad_equals_bruteforce_sum_of_per_pixel_abs_gradients() -> None:
     # means2d is the only leaf-like input here: make it require grad through a fresh graph.
     assert not info["means2d"].requires_grad
     ours_in = leaves(scene, "rgb")
-    render, alpha, info = rasterize_torch(*ours_in, scene["viewmats"], scene["Ks"], W, H, packed=False, absgrad=True)
+    render, alpha, info = rasterize_torch(
+        *ours_in, scene["viewmats"], scene["Ks"], W, H, packed=False, absgrad=True, composite=composite
+    )
     info["means2d"].retain_grad()
     ((render * g).sum() + (alpha * ga).sum()).backward()
 

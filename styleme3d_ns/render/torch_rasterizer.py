@@ -28,6 +28,7 @@ Projection also follows the kernel: culls z < near / z > far and radius <= radiu
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import compiled_composite
 from .sh import sh_colors
 
 ALPHA_MIN = 1.0 / 255.0  # pairs below this alpha are skipped (gsplat)
@@ -43,10 +45,16 @@ T_MIN = 1e-4  # a pixel stops before its transmittance would reach this (gsplat)
 
 RenderMode = Literal["RGB", "D", "ED", "RGB+D", "RGB+ED"]
 CameraModel = Literal["pinhole", "ortho", "fisheye"]
+# How pairs are composited: "compiled" (numba, per-pixel loops; CPU), "sweep" (the vectorised torch sweep below,
+# any device, the readable reference), "auto" (compiled on CPU when numba imports, else sweep).
+Composite = Literal["auto", "compiled", "sweep"]
 
 # Bin edge (pixels, power of two) used to organise the work; smaller bins test fewer
 # (pixel, Gaussian) cells per pair but list each Gaussian in more bins. Results do not depend on it.
 _BIN = 8
+# Bin edge for the compiled path: a pixel's loop skips non-overlapping list entries with one box test, so larger
+# bins (gsplat's 16 px tiles) cost little there and keep the lists short.
+_BIN_COMPILED = 16
 # Front-to-back piece length per bin (power of two): small enough that saturated pixels/bins
 # stop early, large enough that the Python loop over pieces stays short.
 _PIECE = 64
@@ -531,6 +539,49 @@ def _pair_grads(
     return g_geom, weight[:, None] * g_pix
 
 
+class _CompiledComposite(torch.autograd.Function):
+    """:class:`_Composite`'s forward and backward, computed by :mod:`.compiled_composite` (CPU).
+
+    Same inputs as :class:`_Composite` but the bin lists instead of the sweep's pieces: the compiled loops
+    find the contributing pairs themselves, forward and backward.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, feats: Tensor, lists: _BinLists, layout: tuple, abs_out: Tensor | None, abs_rows: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        geom, colours = feats[:, :6].detach().contiguous(), feats[:, 6:].detach().contiguous()
+        args = (geom, colours, lists.entries, lists.offsets, lists.counts, lists.box, layout)
+        out, log_t, last = compiled_composite.composite_forward(*args)
+        ctx.args, ctx.saved = args, (log_t, last)
+        ctx.abs_out, ctx.abs_rows, ctx.n_feats = abs_out, abs_rows, len(feats)
+        return out, log_t.to(feats.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor, grad_log_t: Tensor) -> tuple[Tensor | None, ...]:
+        pair_geom, pair_col, pair_abs = compiled_composite.composite_backward(
+            *ctx.args, *ctx.saved, grad_out.contiguous(), grad_log_t.contiguous()
+        )
+        entries = ctx.args[2]
+        grad = pair_geom.new_zeros(ctx.n_feats, 6 + pair_col.shape[1])
+        grad.index_add_(0, entries, torch.cat([pair_geom, pair_col], dim=1))
+        if ctx.abs_out is not None:  # AbsGS: per-pixel |dL/dmeans2d|, summed
+            ctx.abs_out.index_add_(0, ctx.abs_rows.index_select(0, entries), pair_abs)
+        return grad, None, None, None, None
+
+
+def _use_compiled(composite: Composite | None, device: torch.device) -> bool:
+    """Whether to composite with the compiled kernels (``composite`` None: ``$STYLEME3D_COMPOSITE`` or "auto")."""
+    mode = composite or os.environ.get("STYLEME3D_COMPOSITE", "auto")
+    if mode not in ("auto", "compiled", "sweep"):
+        raise ValueError(f"composite must be 'auto', 'compiled' or 'sweep', got {mode!r}")
+    usable = device.type == "cpu" and compiled_composite.available()
+    if mode == "compiled" and not usable:
+        raise ValueError("composite='compiled' needs CPU tensors and numba (pip install numba); use 'sweep'")
+    return mode != "sweep" and usable
+
+
 # ---------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------
@@ -588,15 +639,23 @@ def _entry_colours(
 
 @dataclass
 class _Prepared:
-    """Everything the compositing needs after projection, binning and the sweep."""
+    """Everything the compositing needs after projection and binning."""
 
     grid: _Grid
     info: dict
     feats: Tensor  # [L, 6 + D] means2d, conics, opacity, colours of live entries
     live_rows: Tensor  # [L] row of each live entry in info's flattened [C*N] / [nnz] arrays
-    pieces: list[_Piece]
-    log_t: Tensor  # [n_slots] final log transmittance
+    lists: _BinLists
     backgrounds: Tensor | None
+
+    @property
+    def geom(self) -> Tensor:
+        """[L, 6] means2d, conics, opacity of the live entries, without grad."""
+        return self.feats[:, :6].detach()
+
+    def sweep(self) -> tuple[list[_Piece], Tensor]:
+        """The vectorised no-grad sweep: contributing pairs per piece, final log transmittance [n_slots]."""
+        return _sweep(self.geom, self.lists, self.grid)
 
 
 def _prepare(
@@ -621,8 +680,9 @@ def _prepare(
     rasterize_mode: str,
     camera_model: CameraModel,
     covars: Tensor | None,
+    bin_size: int = _BIN,
 ) -> _Prepared:
-    """Project, gather the live (visible) entries' features, bin them and run the no-grad sweep."""
+    """Project, gather the live (visible) entries' features and bin them (``bin_size`` px square bins)."""
     C, N = viewmats.shape[0], means.shape[0]
     proj = project_gaussians(
         means,
@@ -684,11 +744,9 @@ def _prepare(
         backgrounds = zeros if render_mode in ("D", "ED") else torch.cat([backgrounds, zeros], dim=-1)
 
     feats = torch.cat([m2d, con, op, col.to(m2d.dtype)], dim=-1)
-    geom = feats[:, :6].detach()
-    grid = _Grid(C, width, height, tile_size, _BIN)
+    grid = _Grid(C, width, height, tile_size, bin_size)
     radii_live = info["radii"].reshape(-1).index_select(0, live_rows)
-    lists = _bin_gaussians(geom, radii_live, dep.detach().squeeze(1), cams, grid)
-    pieces, log_t = _sweep(geom, lists, grid)
+    lists = _bin_gaussians(feats[:, :6].detach(), radii_live, dep.detach().squeeze(1), cams, grid)
     info.update(
         {
             "tile_width": math.ceil(width / tile_size),
@@ -700,7 +758,7 @@ def _prepare(
             "n_cameras": C,
         }
     )
-    return _Prepared(grid, info, feats, live_rows, pieces, log_t, backgrounds)
+    return _Prepared(grid, info, feats, live_rows, lists, backgrounds)
 
 
 @torch.no_grad()
@@ -740,10 +798,14 @@ def rasterize_torch(
     distributed: bool = False,
     camera_model: CameraModel = "pinhole",
     covars: Tensor | None = None,
+    composite: Composite | None = None,
 ) -> tuple[Tensor, Tensor, dict]:
     """Pure-PyTorch ``gsplat.rasterization`` (same arguments, outputs and ``info`` keys).
 
-    See :func:`styleme3d_ns.render.rasterize` for the full argument documentation. Differences:
+    See :func:`styleme3d_ns.render.rasterize` for the full argument documentation. ``composite`` (not a
+    gsplat argument) picks the compositing: "compiled" (numba loops, CPU), "sweep" (vectorised torch, any
+    device) or "auto"/None (``$STYLEME3D_COMPOSITE``, else compiled when possible); both give the same
+    images and gradients to float rounding (tests). Differences from gsplat:
     ``sparse_grad`` (with ``packed``), ``distributed`` and ``camera_model="fisheye"`` raise
     ``ValueError``; ``channel_chunk`` is ignored (all channels are composited in one pass);
     ``info`` has no ``isect_ids``/``flatten_ids``/``isect_offsets`` (our binning differs).
@@ -755,6 +817,7 @@ def rasterize_torch(
     if rasterize_mode not in ("classic", "antialiased"):
         raise ValueError(f"unknown rasterize_mode {rasterize_mode!r}")
     _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, sh_degree, render_mode, covars)
+    compiled = _use_compiled(composite, means.device)
     prep = _prepare(
         means,
         quats,
@@ -777,6 +840,7 @@ def rasterize_torch(
         rasterize_mode,
         camera_model,
         covars,
+        bin_size=_BIN_COMPILED if compiled else _BIN,
     )
     info, grid = prep.info, prep.grid
     means2d = info["means2d"]
@@ -784,8 +848,13 @@ def rasterize_torch(
     if absgrad:
         means2d.absgrad = torch.zeros_like(means2d, requires_grad=False)  # filled during backward
         abs_out = means2d.absgrad.view(-1, 2)
-    out, log_t = _Composite.apply(prep.feats, prep.log_t, prep.pieces, grid.n_slots, abs_out, prep.live_rows)
-    if not prep.pieces and means2d.requires_grad:
+    if compiled:
+        layout = (grid.bin_size, grid.bins_x, grid.bins_per_camera, width, height, grid.n_slots)
+        out, log_t = _CompiledComposite.apply(prep.feats, prep.lists, layout, abs_out, prep.live_rows)
+    else:
+        pieces, log_t0 = prep.sweep()
+        out, log_t = _Composite.apply(prep.feats, log_t0, pieces, grid.n_slots, abs_out, prep.live_rows)
+    if len(prep.lists.entries) == 0 and means2d.requires_grad:
         out = out + 0.0 * means2d.sum()  # keep means2d in the graph so .grad is zeros, as with gsplat
     render = grid.slots_to_image(out)
     trans = grid.slots_to_image(torch.exp(log_t)[:, None])  # final transmittance [C, H, W, 1]
@@ -863,7 +932,7 @@ def composite_weights(
         camera_model,
         covars,
     )
-    pieces, dev = prep.pieces, means.device
+    (pieces, log_t), dev = prep.sweep(), means.device
     slots = torch.cat([p.slots for p in pieces]) if pieces else torch.zeros(0, dtype=torch.long, device=dev)
     _, px, py = prep.grid.slot_pixels(slots)
     entries = torch.cat([p.entries for p in pieces]) if pieces else slots
@@ -872,7 +941,7 @@ def composite_weights(
         pixel_ids=py * width + px,
         gaussian_ids=prep.live_rows.index_select(0, entries),  # C == 1: row == Gaussian id
         weights=weights,
-        alpha=prep.grid.slots_to_image(-torch.expm1(prep.log_t)[:, None]).reshape(-1),
+        alpha=prep.grid.slots_to_image(-torch.expm1(log_t)[:, None]).reshape(-1),
         width=width,
         height=height,
     )
