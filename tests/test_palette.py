@@ -19,8 +19,10 @@ def stylised(stylised_run: Path):  # noqa: ANN201 - (pipeline, camera, config.ym
     return pipeline, camera.to(pipeline.model.device), stylised_run
 
 
-def _second_style(model) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001 - a visibly different colour set
-    return model.features_dc.detach().flip(-1) + 0.3, model.features_rest.detach().flip(-1)
+def second_style(dc: torch.Tensor, rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A visibly different colour set from SH coefficients `dc [N, 3]`, `rest [N, K-1, 3]`: channels reversed, DC
+    brightened."""
+    return dc.detach().flip(-1) + 0.3, rest.detach().flip(-1)
 
 
 def _render(model, camera, look: LookConfig) -> dict[str, torch.Tensor]:  # noqa: ANN001
@@ -32,7 +34,7 @@ def _render(model, camera, look: LookConfig) -> dict[str, torch.Tensor]:  # noqa
 def test_palette_entries_render_export_and_survive_a_checkpoint(stylised) -> None:  # noqa: ANN001
     pipeline, camera, run = stylised
     model = pipeline.model
-    dc, rest = _second_style(model)
+    dc, rest = second_style(model.features_dc, model.features_rest)
     assert model.palette.append(dc, rest, "second") == 1 and model.palette_labels()[1] == "second"
 
     shown = _render(model, camera, LookConfig(style=1))["rgb"]

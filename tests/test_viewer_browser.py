@@ -2,7 +2,8 @@
 
 The helpers find viser's GUI controls by their visible label (viser renders ``<label for=id>`` beside each input),
 pick dropdown entries and move sliders with the keyboard as a user would, and read the 3D canvas (nerfstudio draws
-each rendered frame into it) as pixels. Playwright's own browser download is not used: `executable_path` points at
+each rendered frame into it) as pixels. The run shown is the stylised fixture with a second palette entry written
+into a copy of its checkpoint, so the Style dropdown has another look to switch to. Playwright's own browser download is not used: `executable_path` points at
 the system chromium (`apt-get install chromium`, scripts/install.sh), WebGL through SwiftShader.
 """
 
@@ -20,8 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import yaml
 from PIL import Image
 
+from styleme3d_ns.models.palette import StylePalette
+from tests.test_palette import second_style
 from tests.test_viewer import _free_port, _stop, _tail, _wait_for_listener
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -32,6 +37,28 @@ STABLE_S = 2.0  # unchanged this long = the full-resolution frame, not the previ
 PANEL_SCREENSHOT = Path(os.environ.get("STYLEME3D_PANEL_SCREENSHOT", "/tmp/styleme3d_viewer_panel.png"))
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+
+
+PALETTE = "_model.palette."  # the palette's keys in a checkpoint's pipeline state
+
+
+def with_second_style(run: Path, output_dir: Path) -> Path:
+    """A copy of the stylised run `run` (its config.yml) under `output_dir` whose checkpoint holds a second palette
+    entry, "second" (`second_style` of the live colours); returns the copy's config.yml. The original is only read."""
+    config = yaml.load(run.read_text(), Loader=yaml.Loader)
+    checkpoint = sorted((run.parent / "nerfstudio_models").glob("step-*.ckpt"))[-1]
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    pipeline = state["pipeline"]
+    palette = StylePalette(0, 0)
+    palette.load_state_dict({k.removeprefix(PALETTE): v for k, v in pipeline.items() if k.startswith(PALETTE)})
+    dc, rest = pipeline["_model.gauss_params.features_dc"], pipeline["_model.gauss_params.features_rest"]
+    palette.append(*second_style(dc, rest), "second")
+    pipeline.update({PALETTE + k: v for k, v in palette.state_dict().items()})
+    config.output_dir = output_dir
+    config.save_config()
+    config.get_checkpoint_dir().mkdir(parents=True)
+    torch.save(state, config.get_checkpoint_dir() / checkpoint.name)
+    return config.get_base_dir() / "config.yml"
 
 
 @contextlib.contextmanager
@@ -121,7 +148,8 @@ def mean_abs(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_browser_controls_change_the_rendered_canvas(stylised_run: Path, tmp_path: Path) -> None:
     log = tmp_path / "ns-viewer.log"
-    with ns_viewer(stylised_run, log) as url, browser_page(url) as page:
+    run = with_second_style(stylised_run, tmp_path / "runs")
+    with ns_viewer(run, log) as url, browser_page(url) as page:
         styled = settled_frame(page)
         assert styled.std() > 4.0, f"flat canvas (no splat drawn):\n{_tail(log)}"
         pick(page, "Output type", "content_rgb")  # the base colours, rendered in the same pass
@@ -130,11 +158,16 @@ def test_browser_controls_change_the_rendered_canvas(stylised_run: Path, tmp_pat
         pick(page, "Output type", "rgb")
         assert mean_abs(settled_frame(page, differs_from=base), styled) < 1.0
 
-        if page.get_by_text("Strength", exact=True).count():  # the model's look controls
-            page.get_by_text("Strength", exact=True).scroll_into_view_if_needed()
-            page.mouse.move(0, 0)  # no tooltip over the panel
-            page.screenshot(path=str(PANEL_SCREENSHOT), clip=panel_box(page))
-            slide(page, "Strength", "Home")  # strength 0 = the base colours
-            assert mean_abs(settled_frame(page, differs_from=styled), base) < 1.0
-            slide(page, "Strength", "End")
-            assert mean_abs(settled_frame(page, differs_from=base), styled) < 1.0
+        page.get_by_text("Strength", exact=True).scroll_into_view_if_needed()  # the model's look controls
+        page.mouse.move(0, 0)  # no tooltip over the panel
+        page.screenshot(path=str(PANEL_SCREENSHOT), clip=panel_box(page))
+        slide(page, "Strength", "Home")  # strength 0 = the base colours
+        assert mean_abs(settled_frame(page, differs_from=styled), base) < 1.0
+        slide(page, "Strength", "End")
+        assert mean_abs(settled_frame(page, differs_from=base), styled) < 1.0
+
+        pick(page, "Style", "second")  # the other palette entry
+        second = settled_frame(page, differs_from=styled)
+        assert min(mean_abs(second, styled), mean_abs(second, base)) > 2.0
+        slide(page, "Strength", "Home")  # strength 0 is the base whichever style is picked
+        assert mean_abs(settled_frame(page, differs_from=second), base) < 1.0
