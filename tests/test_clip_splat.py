@@ -1,4 +1,5 @@
-"""clip-splat (paper 002) on the test scene with a tiny random open_clip model: what moves, and the CLIP score."""
+"""clip-splat (paper 002) on the test scene with a tiny random open_clip model: what moves, the CLIP score, and
+a palette of several prompts trained in turn over one geometry."""
 
 from __future__ import annotations
 
@@ -9,16 +10,21 @@ import pytest
 import torch
 from styleme3d_ns.method_configs.clip_splat_config import clip_splat
 
-from tests.conftest import method_config, sha256
+from styleme3d_ns.eval.render import load_pipeline
+from styleme3d_ns.models.clip_splat import configured_prompts
+from styleme3d_ns.models.look import LookConfig
+from tests.conftest import method_config, run_trainer, sha256
 
 PROMPT = "a watercolor painting"
+PROMPTS = ("a watercolor painting", "a charcoal drawing")
 GEOMETRY = ("means", "scales", "quats")
 
 
-def _config(scene_dir: Path, out: Path, steps: int, tiny_clip: tuple[Path, Path], **model_kwargs):  # noqa: ANN202
+def _config(scene_dir: Path, out: Path, steps: int, tiny_clip: tuple[Path, Path], prompt: object = PROMPT,
+            **model_kwargs):  # noqa: ANN202  # fmt: skip
     clip_config, clip_checkpoint = tiny_clip
     clip = replace(clip_splat.config.pipeline.model.clip, model_name=str(clip_config), pretrained=str(clip_checkpoint))
-    return method_config(clip_splat, scene_dir, out, steps, prompt=PROMPT, clip=clip, **model_kwargs)
+    return method_config(clip_splat, scene_dir, out, steps, prompt=prompt, clip=clip, **model_kwargs)
 
 
 def _trainer(config):  # noqa: ANN001, ANN202
@@ -134,3 +140,101 @@ def test_missing_prompt_is_a_one_line_error(
     config.pipeline.model = replace(config.pipeline.model, prompt="")
     with pytest.raises(SystemExit, match="--pipeline.model.prompt"):
         _trainer(config)
+
+
+# ---------------------------------------------------------------- a prompt palette
+TURN = 20  # steps each prompt trains
+
+
+def _mean_score(model, guidance, dc: torch.Tensor, rest: torch.Tensor) -> float:  # noqa: ANN001
+    """Mean CLIP cosine of the training views rendered with colours (dc, rest) to `guidance`'s prompt."""
+    cameras = model.train_cameras.to(model.device)
+    background = model._get_background_color()
+    scores = []
+    for i in range(cameras.shape[0]):
+        rgb, alpha, _ = model.render_colours(cameras[i : i + 1], dc, rest)
+        image = torch.clamp(rgb + (1 - alpha) * background, 0.0, 1.0).permute(2, 0, 1)[None]
+        scores.append(float(guidance.encoder.encode_images(image)[0] @ guidance.text_target))
+    return sum(scores) / len(scores)
+
+
+@torch.no_grad()
+def test_two_prompts_train_in_turn_into_two_palette_entries_named_by_the_prompts(
+    scene_dir: Path, base_checkpoint: Path, tiny_clip: tuple[Path, Path], tmp_path: Path
+) -> None:
+    with torch.enable_grad():
+        config = _config(scene_dir, tmp_path / "pair", 2 * TURN, tiny_clip, prompt=PROMPTS,
+                         base_checkpoint=base_checkpoint)  # fmt: skip
+        config.save_config()
+        trainer = _trainer(config)
+        trainer.train()
+        pair_yml = config.get_base_dir() / "config.yml"
+        term = trainer.pipeline.model.guidance["clip"]  # the last turn's CLIP term: the first prompt's
+        assert term.config.prompt == PROMPTS[0]
+        torch.testing.assert_close(term.text_target, term.encoder.encode_text([PROMPTS[0]])[0])
+        # the second prompt trains first (steps 0..TURN-1): what a run of that prompt alone makes in TURN steps
+        alone_yml = run_trainer(_config(scene_dir, tmp_path / "alone", TURN, tiny_clip, prompt=PROMPTS[1],
+                                        base_checkpoint=base_checkpoint))  # fmt: skip
+    _, pair = load_pipeline(pair_yml)
+    _, alone = load_pipeline(alone_yml)  # its config.yml holds one prompt as a string: a config from before palettes
+    model = pair.model
+    assert model.palette_labels() == list(PROMPTS) and model.palette.stored == 1
+    assert f"prompt: {PROMPTS[1]}\n" in alone_yml.read_text() and configured_prompts(alone.model.config) == PROMPTS[1:]
+    assert alone.model.palette_labels() == [PROMPTS[1]]
+
+    second = model.palette_entry(1)
+    torch.testing.assert_close(second[0], alone.model.features_dc, atol=1e-6, rtol=0)
+    torch.testing.assert_close(second[1], alone.model.features_rest, atol=1e-6, rtol=0)
+    first = model.palette_entry(0)
+    assert (first[0] - second[0]).abs().mean() > 1e-3
+
+    # each entry moved from the base toward its own prompt (the tiny random CLIP embeds both prompts alike, so
+    # which prompt the last turn trained on is read from its term above, not from the scores)
+    model.train_cameras = pair.datamanager.train_dataset.cameras
+    base = (model.base_features_dc, model.base_features_rest)
+    for (dc, rest), prompt in zip((first, second), PROMPTS, strict=True):
+        guidance = model._load_clip_guidance(prompt)
+        before, after = _mean_score(model, guidance, *base), _mean_score(model, guidance, dc, rest)
+        assert after > before + 0.02, f"{prompt!r}: CLIP score {before:.3f} -> {after:.3f}"
+
+    # the viewer's Style shows either entry; strength 0 is the base for both
+    camera = pair.datamanager.train_dataset.cameras[0:1].to(model.device)
+    frames = []
+    for look in (LookConfig(style=0), LookConfig(style=1), LookConfig(style=1, strength=0.0)):
+        model.config.look = look
+        frames.append(model.get_outputs_for_camera(camera))
+    assert (frames[0]["rgb"] - frames[1]["rgb"]).abs().mean() > 1e-3
+    assert torch.equal(frames[2]["rgb"], frames[2]["content_rgb"])
+
+
+def test_several_prompts_in_joint_mode_are_a_one_line_error(
+    scene_dir: Path, base_checkpoint: Path, tiny_clip: tuple[Path, Path], tmp_path: Path
+) -> None:
+    config = _config(scene_dir, tmp_path, 2, tiny_clip, prompt=PROMPTS, base_checkpoint=base_checkpoint, mode="joint")
+    with pytest.raises(SystemExit) as err:
+        _trainer(config)
+    assert "--pipeline.model.mode finetune" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_turn_ending_stores_the_colours_and_restarts_from_the_base_with_fresh_adam_state(
+    scene_dir: Path, base_checkpoint: Path, tiny_clip: tuple[Path, Path], tmp_path: Path
+) -> None:
+    trainer = _trainer(_config(scene_dir, tmp_path, 2 * TURN, tiny_clip, prompt=PROMPTS,
+                               base_checkpoint=base_checkpoint))  # fmt: skip
+    model, optimizers = trainer.pipeline.model, trainer.optimizers
+    model.step_cb(optimizers, 0)
+    assert model.guidance["clip"].config.prompt == PROMPTS[1] and model.palette_labels() == [PROMPTS[1]]
+    _one_backward(trainer)
+    optimizers.optimizer_step_all()
+    trained = model.features_dc.detach().clone()
+    assert not torch.equal(trained, model.base_features_dc)
+    assert optimizers.optimizers["features_dc"].state[model.features_dc]
+
+    model.step_cb(optimizers, TURN - 1)  # still the second prompt's turn
+    assert model.palette.stored == 0 and torch.equal(model.features_dc, trained)
+    model.step_cb(optimizers, TURN)
+    assert model.palette_labels() == list(PROMPTS) and torch.equal(model.palette_entry(1)[0], trained)
+    assert torch.equal(model.features_dc, model.base_features_dc)
+    assert torch.equal(model.features_rest, model.base_features_rest)
+    assert not optimizers.optimizers["features_dc"].state.get(model.features_dc)
+    assert model.guidance["clip"].config.prompt == PROMPTS[0]

@@ -44,6 +44,7 @@ from styleme3d_ns.eval.style_metrics import (
 )
 from styleme3d_ns.faces import FaceIdentity, MissingFaceModelsError
 from styleme3d_ns.guidance.csd import CSD_REPO
+from styleme3d_ns.models.clip_splat import prompt_shown
 from styleme3d_ns.models.style_reference import style_paths
 
 SCHEMA_VERSION = 1
@@ -466,7 +467,7 @@ def _evaluate_portrait(config: EvalConfig, run_config: Any, pipeline: Any, start
 def _clip(config: EvalConfig, run_config: Any, base: RenderedViews, stylised: RenderedViews, style: Tensor | None):  # noqa: ANN202
     """CLIP scores against the style image and the run's prompt (null with a note without CLIP weights)."""
     model_config = run_config.pipeline.model
-    prompt = config.prompt or getattr(model_config, "prompt", None) or getattr(model_config, "style_prompt", None)
+    prompt = config.prompt or prompt_shown(model_config) or getattr(model_config, "style_prompt", None)
     return clip_scores(base.rgb, stylised.rgb, style=style, prompt=prompt, source_prompt=config.source_prompt,
                        model_name=config.clip_model, pretrained=config.clip_pretrained)  # fmt: skip
 

@@ -12,12 +12,16 @@ Two modes, as the paper:
 
 Extensions beyond the paper are separate guidance modules (augmented views and the directional loss inside
 :class:`ClipTextGuidance`, :class:`PerceptualContentLoss`, :class:`QualityPrior`), each weighted from the CLI.
+
+Several prompts (``--pipeline.model.prompt "a" "b"``, fine-tune mode) make a style palette over the one geometry:
+each prompt's colours train in turn from the base colours for an equal share of the steps and are kept as a palette
+entry named by the prompt (:class:`~styleme3d_ns.models.palette.StyleTurns`), switchable in the viewer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -38,8 +42,10 @@ class ClipSplatModelConfig(GuidedSplatModelConfig):
     """clip-splat: CLIP-guided colour fine-tuning (or joint optimisation) of a splat (paper 002)."""
 
     _target: type = field(default_factory=lambda: ClipSplatModel)
-    prompt: str = ""
-    """Target style as text, e.g. "a watercolor painting" (required)."""
+    prompt: tuple[str, ...] = ()
+    """Target style as text, e.g. "a watercolor painting" (required). Several (`--pipeline.model.prompt "a" "b"`,
+    fine-tune mode) make a palette over the one geometry: each prompt trains its own colours for an equal share of
+    the steps, the first prompt last; pick, blend and dial them in the viewer (docs/viewer.md)."""
     mode: Literal["finetune", "joint"] = "finetune"
     """finetune: colours only (opacity with --train-opacity), paper 002's recommendation; joint: L_recon - k CLIP
     with all parameters trainable (paper 002 eq. 3)."""
@@ -72,10 +78,25 @@ class ClipSplatModel(GuidedSplatModel):
         return self.config.mode == "joint"  # paper 002 eq. 3: L_recon - k CLIP
 
     # ---------------------------------------------------------------- terms
+    def style_names(self) -> list[str]:
+        return list(configured_prompts(self.config))
+
+    def trains_styles_in_turn(self) -> bool:
+        return self.config.mode == "finetune"  # each prompt's colours come from the CLIP term itself
+
+    def on_style_turn(self, index: int) -> None:
+        """Point the CLIP term at the prompt whose turn starts, keeping its loaded encoder."""
+        built = self.guidance.get("clip")
+        if isinstance(built, ClipTextGuidance) and built.config.prompt != self._prompt():
+            self.guidance["clip"] = ClipTextGuidance(self._clip_config(), built.encoder).to(self.device)
+
     def loss_terms(self) -> list[LossTerm]:
         cfg = self.config
         if not self._prompt():
             raise UserInputError('no prompt: pass --pipeline.model.prompt "a watercolor painting"')
+        if cfg.mode == "joint" and len(self.style_names()) > 1:
+            raise UserInputError(f"{len(self.style_names())} prompts make a palette over one fixed geometry, which "
+                                 "joint mode trains: pass --pipeline.model.mode finetune, or one prompt")  # fmt: skip
         if cfg.mode == "finetune" and self.phase == "reconstruct":
             CONSOLE.log(
                 f"No --pipeline.model.base-checkpoint: reconstructing for {cfg.reconstruct_steps} steps, "
@@ -99,7 +120,9 @@ class ClipSplatModel(GuidedSplatModel):
 
     def _clip_label(self) -> str:
         cfg = self.config
-        parts = [f"CLIP {cfg.clip.model_name}/{cfg.clip.pretrained} k={cfg.k}, prompt '{self._prompt()}'"]
+        prompts = ", ".join(f"'{p}'" for p in self.style_names())
+        prompts = f"prompts {prompts} in turn" if len(self.style_names()) > 1 else f"prompt {prompts}"
+        parts = [f"CLIP {cfg.clip.model_name}/{cfg.clip.pretrained} k={cfg.k}, {prompts}"]
         if cfg.clip.num_augs:
             parts.append(f"{cfg.clip.num_augs} augmented crops")
         if cfg.clip.directional_weight > 0:
@@ -107,14 +130,18 @@ class ClipSplatModel(GuidedSplatModel):
         return ", ".join(parts)
 
     def _prompt(self) -> str:
-        return (self.config.prompt or self.config.clip.prompt).strip()
+        """The prompt the live colours hold (train toward, while prompts train in turn); "" without one."""
+        return self.live_style_name() if self.style_names() else ""
 
-    def _load_clip_guidance(self) -> ClipTextGuidance:
-        """The CLIP term with the model-level prompt and k (raises MissingWeightsError without weights)."""
+    def _clip_config(self, prompt: str | None = None) -> ClipTextGuidanceConfig:
+        """The CLIP term's config with the model-level k and `prompt` (default: the live colours' prompt)."""
         cfg = self.config
-        clip_cfg = replace(cfg.clip, prompt=self._prompt(), weight=cfg.k * cfg.clip.weight)
+        return replace(cfg.clip, prompt=prompt or self._prompt(), weight=cfg.k * cfg.clip.weight)
+
+    def _load_clip_guidance(self, prompt: str | None = None) -> ClipTextGuidance:
+        """The CLIP term for `prompt` (default: the live colours'); raises MissingWeightsError without weights."""
         try:
-            return ClipTextGuidance.from_config(clip_cfg, self.device, CLIP_HINT)
+            return ClipTextGuidance.from_config(self._clip_config(prompt), self.device, CLIP_HINT)
         except ValueError as err:  # a malformed open_clip config or checkpoint: the user's file, one line
             raise UserInputError(str(err)) from err
 
@@ -124,9 +151,10 @@ class ClipSplatModel(GuidedSplatModel):
         built = self.guidance.get("clip")
         if built is not None:
             return built
-        if self._eval_clip is None and not self._eval_clip_missing and self._prompt():
+        prompt = prompt_shown(self.config)
+        if self._eval_clip is None and not self._eval_clip_missing and prompt:
             try:
-                self._eval_clip = self._load_clip_guidance()
+                self._eval_clip = self._load_clip_guidance(prompt)  # the prompt of the style the look shows
             except (MissingWeightsError, UserInputError) as err:
                 CONSOLE.log(f"clip_score metrics off: {err}")
                 self._eval_clip_missing = True
@@ -146,3 +174,23 @@ class ClipSplatModel(GuidedSplatModel):
                 delta = torch.nn.functional.normalize(embed - guidance.encoder.encode_images(base), dim=-1, eps=1e-8)
                 metrics["clip_directional_similarity"] = float(delta[0] @ guidance.text_direction)
         return metrics, images
+
+
+def configured_prompts(model_config: Any) -> tuple[str, ...]:  # noqa: ANN401 - any method's model config
+    """A model config's prompts in palette order: `prompt` (a config from before prompt palettes holds one string),
+    else its CLIP term's `clip.prompt`; blank ones dropped, () for a config without any."""
+
+    def listed(value: object) -> tuple[str, ...]:
+        values = (value,) if isinstance(value, str) else tuple(value or ())
+        return tuple(text.strip() for text in map(str, values) if text.strip())
+
+    clip = getattr(model_config, "clip", None)
+    return listed(getattr(model_config, "prompt", None)) or listed(getattr(clip, "prompt", None))
+
+
+def prompt_shown(model_config: Any) -> str | None:  # noqa: ANN401 - any method's model config
+    """The prompt of the palette entry a model config's look shows (`ns-render`, `ns-eval`), None without prompts."""
+    prompts = configured_prompts(model_config)
+    look = getattr(model_config, "look", None)
+    style = look.style if look is not None and look.style < len(prompts) else 0
+    return prompts[style] if prompts else None

@@ -51,7 +51,7 @@ from styleme3d_ns.guidance.weights import MissingWeightsError
 from styleme3d_ns.models.checkpoint import GAUSSIAN_KEYS, load_gaussians
 from styleme3d_ns.models.look import LookConfig, apply_look, apply_look_sh, check_look, styles_used
 from styleme3d_ns.models.loss_terms import TRAIN_VIEW, LossTerm, TermOff, Views
-from styleme3d_ns.models.palette import StylePalette
+from styleme3d_ns.models.palette import StylePalette, StyleTurns, style_of_turn
 from styleme3d_ns.models.viewer_controls import AddStyle, LookControls
 from styleme3d_ns.render import rasterize
 from styleme3d_ns.render.camera import viewmat_from_c2w
@@ -146,6 +146,8 @@ class GuidedSplatModel(SplatfactoModel):
         self._stylise_pending = False  # a fresh stylise phase still owes on_stylise_start (never after a load)
         self.train_cameras: Cameras | None = None  # known once training is set up
         self.done_after_step: int | None = None  # set when the plan ends early (StyleTrainer stops after that step)
+        self._style_turns: StyleTurns | None = None  # several styles trained in turn, once the run's plan is known
+        self._turn_style: int | None = None  # the configured style whose turn on_style_turn last announced
         self.loaded_base = base is not None
         self.phase: Phase = "generate" if self.target_phase() == "generate" else "reconstruct"
         if self.target_phase() == "stylise":
@@ -273,9 +275,11 @@ class GuidedSplatModel(SplatfactoModel):
         dataset = getattr(datamanager, "train_dataset", None)
         # the training cameras, for work over all views at once (the offline teacher's colour solve)
         self.train_cameras = getattr(dataset, "cameras", None)
+        trainer_config = getattr(training_callback_attributes.trainer, "config", None)
         with exit_on_user_error():
             if self._deferred_error is not None:
                 raise self._deferred_error
+            self._style_turns = self._plan_style_turns(getattr(trainer_config, "max_num_iterations", None))
             self.setup_terms()
         return [
             TrainingCallback(
@@ -341,6 +345,8 @@ class GuidedSplatModel(SplatfactoModel):
         if switch and step >= self.config.reconstruct_steps:
             CONSOLE.log(f"Step {step}: reconstruction done ({self.num_points} Gaussians); freezing geometry")
             self.enter_stylise(capture_base=True)
+        if self.phase == "stylise" and self._style_turns is not None:
+            self._take_style_turns(optimizers, step)
 
     def step_post_backward(self, step: int) -> None:
         """Densify from the screen-space gradients of every view rendered this step (paper 001 eq. 4).
@@ -631,8 +637,59 @@ class GuidedSplatModel(SplatfactoModel):
         return [self.live_style_name(), *self.palette.names]
 
     def live_style_name(self) -> str:
-        """Name of palette entry 0 (methods name it after their style image or prompt)."""
-        return "style"
+        """Name of palette entry 0: the configured style the live colours hold (or "style" without names)."""
+        names = self.style_names()
+        return names[self.live_style_index()] if names else "style"
+
+    def style_names(self) -> list[str]:
+        """Names of the styles this run is configured with, in palette order (style images' stems, prompts)."""
+        return []
+
+    def trains_styles_in_turn(self) -> bool:
+        """Whether this method's optimiser trains its configured styles one after another (:class:`StyleTurns`),
+        rather than a solve making the further styles' palette entries at once (the offline teacher)."""
+        return False
+
+    def on_style_turn(self, index: int) -> None:
+        """Called when configured style `index` starts training in the live colours: point the terms at it."""
+
+    def live_style_index(self) -> int:
+        """Configured style the live colours hold: 0, or while styles train in turn, the one whose turn it is (the
+        palette's stored count is the number of finished turns)."""
+        if not self.trains_styles_in_turn():
+            return 0
+        return style_of_turn(self.palette.stored, max(1, len(self.style_names())))
+
+    def _plan_style_turns(self, end: int | None) -> StyleTurns | None:
+        """The turns of several styles trained in turn over the stylise steps up to `end` (the trainer's plan)."""
+        count = len(self.style_names())
+        if count < 2 or not self.trains_styles_in_turn() or end is None or self.target_phase() != "stylise":
+            return None
+        turns = StyleTurns(count, 0 if self.loaded_base else self.config.reconstruct_steps, end)
+        if turns.length < 1:
+            raise UserInputError(f"{count} styles train in turn, one step each at least: raise --max-num-iterations "
+                                 f"{end} to {turns.start + count} or more")  # fmt: skip
+        CONSOLE.log(f"{self.method_name}: {count} styles trained in turn over one geometry, {turns.length} steps "
+                    f"each from step {turns.start}: {', '.join(repr(n) for n in self.style_names())}")  # fmt: skip
+        return turns
+
+    def _take_style_turns(self, optimizers, step: int) -> None:  # noqa: ANN001 - nerfstudio's Optimizers
+        """When a style's turn ends, store the live colours as its palette entry and start the next style from the
+        base colours with fresh optimiser state (Adam's moments belong to the finished style)."""
+        turns, names = self._style_turns, self.style_names()
+        while self.palette.stored < turns.num_styles - 1 and step >= turns.turn_end(self.palette.stored):
+            finished = names[self.live_style_index()]
+            self.add_palette_entry(self.features_dc, self.features_rest, finished)
+            for key, base in zip(COLOUR_KEYS, (self.base_features_dc, self.base_features_rest), strict=True):
+                self.gauss_params[key].data.copy_(base)
+                optimizer = optimizers.optimizers.get(key)
+                if optimizer is not None:
+                    optimizer.state.pop(self.gauss_params[key], None)
+            CONSOLE.log(f"Step {step}: '{finished}' stored as palette entry {self.palette.stored}; "
+                        f"'{names[self.live_style_index()]}' trains from the base colours")  # fmt: skip
+        if self._turn_style != self.live_style_index():
+            self._turn_style = self.live_style_index()
+            self.on_style_turn(self._turn_style)
 
     def _make_look_controls(self) -> None:
         """The viewer's Style panel (nerfstudio installs the ViewerElements it finds on the model), showing the
@@ -650,6 +707,9 @@ class GuidedSplatModel(SplatfactoModel):
     def add_palette_entry(self, dc: Tensor, rest: Tensor, name: str) -> list[str]:
         """Store a colour set as a new palette entry; returns the palette's names (the viewer lists them)."""
         self.palette.append(dc, rest, name)
+        if getattr(self, "look_controls", None) is not None and self.look_controls.gui_handle is not None:
+            # a panel already up (the live training viewer) lists the new entry; it re-renders on its own
+            self.look_controls.set_palette(self.palette_labels(), rerender=False)
         return self.palette_labels()
 
     def _set_look(self, look: LookConfig) -> None:

@@ -3,9 +3,15 @@
 Entry 0 is always the model's live colours (`features_dc`/`features_rest`, what training optimises); the palette
 stores entries 1..S-1 as buffers, so checkpoints hold every style a run made and `ns-render`/`ns-export` can show any
 of them (:mod:`styleme3d_ns.models.look`). A checkpoint written before palettes existed loads with an empty one.
+
+A method whose styles are trained by its optimiser (clip-splat's prompts) trains them in turn (:class:`StyleTurns`):
+the further styles first, each stored when its share of the steps ends, and the first style last, so that the live
+colours end as entry 0 and entry k holds configured style k, as when a solve fills the palette at once.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -55,3 +61,35 @@ class StylePalette(nn.Module):
             else:
                 state_dict[key] = getattr(self, name)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+@dataclass(frozen=True)
+class StyleTurns:
+    """S configured styles trained one after another over the stylise steps `[start, end)`, an equal share each.
+
+    Turn j (0-based) trains style `j + 1` for j < S - 1 and style 0 last; when turn j ends, the live colours are
+    stored as palette entry j + 1. How many turns have ended is then the palette's stored count, which a
+    checkpoint saves, so a resumed run continues the turn it stopped in.
+    """
+
+    num_styles: int
+    """S, the configured styles (images or prompts), in palette order."""
+    start: int
+    """First step of the stylise phase (0 with a base splat, else the reconstruction's length)."""
+    end: int
+    """The run's last step + 1 (the trainer's planned --max-num-iterations)."""
+
+    @property
+    def length(self) -> int:
+        """Steps each style trains (the last turn also takes the remainder)."""
+        return (self.end - self.start) // self.num_styles
+
+    def turn_end(self, turn: int) -> int:
+        """The step at which turn `turn` ends and its colours are stored."""
+        return self.start + (turn + 1) * self.length
+
+
+def style_of_turn(turn: int, num_styles: int) -> int:
+    """Configured style index trained in turn `turn` of `num_styles` (the further styles first, style 0 last and
+    after the last turn: the live colours then hold style 0)."""
+    return turn + 1 if turn < num_styles - 1 else 0

@@ -77,8 +77,8 @@ class StyleImageSplatModel(GuidedSplatModel):
             self._styles[index] = load_style_image(self.style_paths[index]).to(self.device)
         return self._styles[index]
 
-    def live_style_name(self) -> str:
-        return self.style_paths[0].stem if self.style_paths else super().live_style_name()
+    def style_names(self) -> list[str]:
+        return [path.stem for path in self.style_paths]
 
     # ---------------------------------------------------------------- the offline teacher
     def on_stylise_start(self) -> None:

@@ -168,8 +168,12 @@ class LookControls(ViewerElement[LookConfig], ViewerControl):
         """The status text shown."""
         return self._status_text
 
-    def set_palette(self, palette_names: Sequence[str], select: int | None = None) -> None:
-        """Replace the palette's entries in both dropdowns, keeping the current choice (or showing `select`)."""
+    def set_palette(self, palette_names: Sequence[str], select: int | None = None, rerender: bool = True) -> None:
+        """Replace the palette's entries in both dropdowns, keeping the current choice (or showing `select`).
+
+        `rerender=False` from the training thread: the viewer's rewired hook takes the trainer's lock, which that
+        thread holds; an installed dropdown whose value changes re-renders through viser's worker threads anyway.
+        """
         look = self.look
         self.names = unique_names(palette_names)
         keep = lambda index: self.names[index] if index is not None and index < len(self.names) else None  # noqa: E731
@@ -177,7 +181,10 @@ class LookControls(ViewerElement[LookConfig], ViewerControl):
         self.blend_to.set_options([NO_BLEND, *self.names])
         self.blend_to.value = keep(look.blend_to) or NO_BLEND
         self.style.value = self.names[select] if select is not None else keep(look.style) or self.names[0]
-        self._widget_changed(self.style)
+        if rerender:
+            self._widget_changed(self.style)
+        else:
+            self.look = self.read_look()
 
     def set_value(self, widget: ViewerParameter, value: Any) -> None:
         """Set a widget as a user would (its change handler runs; the viewer runs it in a worker thread)."""
