@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 
 from styleme3d_ns.eval.render import load_pipeline
 from styleme3d_ns.models.look import LookConfig
+from tests.test_viewer_controls import _wait_for, server  # noqa: F401 - server: a viser server fixture
 
 
 @pytest.fixture
@@ -78,3 +80,24 @@ def test_a_look_the_palette_cannot_show_is_one_line(stylised) -> None:  # noqa: 
     with pytest.raises(SystemExit) as err:
         model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
     assert "look style 3 is not a palette index" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_entry_added_while_the_panel_is_up_is_listed_without_the_viewers_locked_hook(stylised, server) -> None:  # noqa: ANN001, F811
+    """The training thread adds entries (prompts in turn, the teacher) while holding the trainer's lock, which
+    nerfstudio's rewired hook of the panel takes: the panel must list the entry without calling that hook itself."""
+    pipeline, _, _ = stylised
+    model = pipeline.model
+    model.look_controls.install(server)
+    trainer_lock, acquired = threading.Lock(), []
+
+    def rewired_hook(_) -> None:  # noqa: ANN001 - as nerfstudio's Viewer wraps it: under the trainer's lock
+        acquired.append(trainer_lock.acquire(timeout=2.0))
+        if acquired[-1]:
+            trainer_lock.release()
+
+    model.look_controls.cb_hook = rewired_hook
+    with trainer_lock:  # a training step
+        names = model.add_palette_entry(*second_style(model.features_dc, model.features_rest), "second")
+    assert names[-1] == "second" and model.look_controls.style.gui_handle.options == tuple(names)
+    _wait_for(lambda: bool(acquired))  # the re-render request comes from viser's worker thread, after the step
+    assert all(acquired)
