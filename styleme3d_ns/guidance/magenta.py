@@ -286,14 +286,17 @@ def centre_square(images: Tensor) -> Tensor:
     return images[..., top : top + side, left : left + side]
 
 
+def luma(images: Tensor) -> Tensor:
+    """BT.601 luma Y [B, 1, H, W] of RGB images [B, 3, H, W] (in [0, 1] for [0, 1] input)."""
+    return (images * images.new_tensor(_LUMA)[None, :, None, None]).sum(dim=1, keepdim=True)
+
+
 def keep_colour(stylised: Tensor, original: Tensor) -> Tensor:
     """Stylised luma with the original's chroma (YCbCr, as the package's ``preserve_color``), [B, 3, H, W] in [0, 1].
 
     In full-range YCbCr every RGB channel is Y plus a chroma term, so swapping Y is adding the luma difference.
     """
-    luma = original.new_tensor(_LUMA)[None, :, None, None]
-    delta = ((stylised - original) * luma).sum(dim=1, keepdim=True)
-    return (original + delta).clamp(0.0, 1.0)
+    return (original + luma(stylised - original)).clamp(0.0, 1.0)  # luma is linear: exactly 0 where equal
 
 
 class MagentaStyleNetworks(nn.Module):

@@ -52,9 +52,9 @@ class StyleImageSplatModelConfig(GuidedSplatModelConfig):
     active (0: the teacher's solution is the result, saved after one idle step; measured in docs/styleme3d.md:
     Gram-loss refinement there trades view consistency and content for Gram distance). Runs whose diffusion experts
     loaded always train the full --max-num-iterations."""
-    teacher_render_scale: float = 2.0
+    teacher_render_scale: float = 4 / 3
     """The teacher sees the training views rendered this many times larger (its strokes need pixels; never above its
-    384 px input): memory and time grow with its square."""
+    384 px input): memory and time grow with its square (docs/styleme3d.md: 4/3 and 2 stylise alike at 96 px)."""
 
 
 class StyleImageSplatModel(GuidedSplatModel):
