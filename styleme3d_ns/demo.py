@@ -25,7 +25,7 @@ OUTPUTS = ("scene", "runs", "export", "style_*.png", "log_*.txt", "turntable.mp4
 
 @dataclass
 class DemoConfig:
-    """Offline styleme3d demo (CPU, about 3 minutes on 2 cores after the install)."""
+    """Offline styleme3d demo (CPU, about 90 s on 2 cores after the install)."""
 
     output_dir: Path = Path("demo_out")
     """Where the scene, runs, renders, video, .ply and metrics go. A folder the demo made is reused (its previous
@@ -38,11 +38,12 @@ class DemoConfig:
     """Width and height of the scene's views in pixels."""
     num_views: int = 24
     """Number of posed views in the synthetic scene (every 8th is held out for evaluation)."""
-    reconstruct_steps: int = 1000
+    reconstruct_steps: int = 800
     """Reconstruction steps (splatfacto on our CPU rasteriser)."""
-    densify_grad_thresh: float = 0.003
-    """Reconstruction densification threshold (splatfacto: 0.0008). At 96 px, 0.003 keeps ~40k Gaussians instead
-    of ~84k for the same held-out PSNR (26.9 vs 27.0 dB) in half the time (docs/performance.md)."""
+    densify_grad_thresh: float = 0.005
+    """Reconstruction densification threshold (splatfacto: 0.0008). At 96 px, 0.005 keeps ~31k Gaussians instead
+    of ~84k; 800 steps reach a held-out PSNR of 26.7 dB (1500 splatfacto-default steps: 27.0 dB) in a third of the
+    time (docs/performance.md)."""
     style_steps: int = 1000
     """Stylisation step budget (colour only, geometry frozen). Offline the teacher's solve is the result and the run
     ends after its first step; with --offline-teacher off, SOS trains this many steps (a quarter at fixed scale)."""
