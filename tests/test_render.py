@@ -303,11 +303,12 @@ def test_colour_map_matches_rasteriser_values_and_colour_gradients(sh_degree: in
     assert_close(colours_fast.grad, colours.grad, 1e-6, "colour gradient")
 
 
-def test_composite_weights_reproduce_the_rasterised_image() -> None:
+@pytest.mark.parametrize("composite", ["compiled", "sweep"])
+def test_composite_weights_reproduce_the_rasterised_image(composite: str) -> None:
     scene = random_scene(seed=4)
     geom = (scene["means"], scene["quats"], scene["scales"], scene["opacities"])
     render, alpha, _ = rasterize_torch(*geom, scene["rgb"], scene["viewmats"], scene["Ks"], W, H, packed=False)
-    cw = composite_weights(*geom, scene["viewmats"], scene["Ks"], W, H)
+    cw = composite_weights(*geom, scene["viewmats"], scene["Ks"], W, H, composite=composite)
     contrib = cw.weights[:, None] * scene["rgb"][cw.gaussian_ids]
     image = torch.zeros(W * H, 3, dtype=F64).index_add_(0, cw.pixel_ids, contrib)
     assert_close(image.reshape(H, W, 3), render[0], 1e-6, "index_add image")

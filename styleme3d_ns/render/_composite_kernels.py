@@ -39,7 +39,7 @@ def row_list(pb: np.ndarray, off: int, cnt: int, y: int, rows: np.ndarray) -> in
 
 
 @numba.njit(cache=True, parallel=True)
-def forward(pg, pc, pb, offsets, counts, layout, out, log_t, last):
+def forward(pg, pc, pb, offsets, counts, layout, out, log_t, last, n_pairs):
     b, bins_x, bins_per_cam, width, height = layout
     n_ch = pc.shape[1]
     for bin_ in numba.prange(len(offsets)):
@@ -52,6 +52,7 @@ def forward(pg, pc, pb, offsets, counts, layout, out, log_t, last):
                 x, y, slot = x_start + ix, y_start + iy, bin_ * b * b + iy * b + ix
                 t = 1.0
                 n_used = 0
+                n_hit = 0
                 for j in range(n_row):
                     k = rows[j]
                     if x < pb[k, 0] or x > pb[k, 1]:
@@ -67,8 +68,36 @@ def forward(pg, pc, pb, offsets, counts, layout, out, log_t, last):
                         out[slot, ch] += w * pc[k, ch]
                     t = t_next
                     n_used = j + 1
+                    n_hit += 1
                 log_t[slot] = math.log(t)
                 last[slot] = n_used
+                n_pairs[slot] = n_hit
+
+
+@numba.njit(cache=True, parallel=True)
+def pair_weights(pg, pb, offsets, counts, layout, last, start, slot_ids, pos_ids, weights):
+    """The contributing pairs of :func:`forward` with their weights alpha_i T_i, slot by slot from ``start``."""
+    b, bins_x, bins_per_cam, width, height = layout
+    for bin_ in numba.prange(len(offsets)):
+        in_cam = bin_ % bins_per_cam
+        x_start, y_start = (in_cam % bins_x) * b, (in_cam // bins_x) * b
+        rows = np.empty(counts[bin_], dtype=np.int64)
+        for iy in range(min(b, height - y_start)):
+            row_list(pb, offsets[bin_], counts[bin_], y_start + iy, rows)
+            for ix in range(min(b, width - x_start)):
+                x, y, slot = x_start + ix, y_start + iy, bin_ * b * b + iy * b + ix
+                t = 1.0
+                i = start[slot]
+                for j in range(last[slot]):  # the same walk as forward, up to where it stopped
+                    k = rows[j]
+                    if x < pb[k, 0] or x > pb[k, 1]:
+                        continue
+                    _, _, _, alpha = pair(pg, k, x, y)
+                    if alpha == 0.0:
+                        continue
+                    slot_ids[i], pos_ids[i], weights[i] = slot, k, alpha * t
+                    t = t * (1.0 - alpha)
+                    i += 1
 
 
 @numba.njit(cache=True, parallel=True)

@@ -11,7 +11,7 @@ backward writes per-position gradients without races and the caller reduces them
 ``index_add_``: results do not depend on the number of threads.
 
 Requires ``numba`` (a dependency of the package); :func:`available` says whether it imports. Kernels are compiled
-on first use and cached on disk (``cache=True``), so only the first process pays the compile (about 4 s per dtype on 2 cores).
+on first use and cached on disk (``cache=True``): only the first process pays the compile (~4 s per dtype, 2 cores).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _kernels():  # noqa: ANN202 - numba dispatchers
     """The forward and backward kernels (numba compiles them, or loads them from its on-disk cache, on first use)."""
     from . import _composite_kernels
 
-    return _composite_kernels.forward, _composite_kernels.backward
+    return _composite_kernels.forward, _composite_kernels.backward, _composite_kernels.pair_weights
 
 
 @dataclass
@@ -83,13 +83,44 @@ def composite_forward(lists: PositionLists, layout: tuple[int, int, int, int, in
             it back pair by pair, so it keeps double precision)
         last: where each slot's backward starts (how far its forward read its row list). [n_slots] int64
     """
+    out, log_t, last, _ = _forward(lists, layout)
+    return out, log_t, last
+
+
+def _forward(lists: PositionLists, layout: tuple) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`composite_forward`'s outputs plus the number of contributing pairs per slot [n_slots] int64."""
     n_slots = len(lists.offsets) * layout[0] ** 2
     out = torch.zeros(n_slots, lists.colours.shape[1], dtype=lists.geom.dtype)
     log_t = torch.zeros(n_slots, dtype=torch.float64)
     last = torch.zeros(n_slots, dtype=torch.int64)
-    forward, _ = _kernels()
-    forward(*lists.arrays(), layout, out.numpy(), log_t.numpy(), last.numpy())
-    return out, log_t, last
+    n_pairs = torch.zeros(n_slots, dtype=torch.int64)
+    forward = _kernels()[0]
+    forward(*lists.arrays(), layout, out.numpy(), log_t.numpy(), last.numpy(), n_pairs.numpy())
+    return out, log_t, last, n_pairs
+
+
+def contributing_pairs(lists: PositionLists, layout: tuple) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Every (pixel slot, list position) pair the forward composites, with its weight, for a frozen geometry.
+
+    Args: as :func:`composite_forward` (``lists.colours`` are not read).
+
+    Returns:
+        slots: pixel slot of each pair, slot-major and front to back within a slot. [P] int64
+        positions: list position of each pair (``lists.entries`` maps it to the live entry). [P] int64
+        weights: alpha_i T_i in (0, 1], exactly the forward's. [P], the geometry's dtype
+        log_t: log final transmittance per slot. [n_slots] float64
+    """
+    _, log_t, last, n_pairs = _forward(lists, layout)
+    start = torch.cumsum(n_pairs, 0) - n_pairs
+    total = int(n_pairs.sum())
+    slots, positions = torch.empty(total, dtype=torch.int64), torch.empty(total, dtype=torch.int64)
+    weights = torch.empty(total, dtype=lists.geom.dtype)
+    pair_weights = _kernels()[2]
+    g, _, box, offsets, counts = lists.arrays()
+    pair_weights(
+        g, box, offsets, counts, layout, last.numpy(), start.numpy(), slots.numpy(), positions.numpy(), weights.numpy()
+    )
+    return slots, positions, weights, log_t
 
 
 def composite_backward(
@@ -110,6 +141,6 @@ def composite_backward(
     d_col = torch.zeros(n_pos, lists.colours.shape[1], dtype=dtype)
     d_abs = torch.zeros(n_pos, 2, dtype=dtype)
     grads = (grad_out.to(dtype).contiguous().numpy(), grad_log_t.to(dtype).contiguous().numpy())
-    _, backward = _kernels()
+    backward = _kernels()[1]
     backward(*lists.arrays(), layout, log_t.numpy(), last.numpy(), *grads, d_geom.numpy(), d_col.numpy(), d_abs.numpy())
     return d_geom, d_col, d_abs

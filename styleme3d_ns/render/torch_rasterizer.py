@@ -866,6 +866,27 @@ def rasterize_torch(
     return render, alpha, info
 
 
+def _swept_pairs(prep: _Prepared) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Contributing pairs from the vectorised sweep: slots [P], live entries [P], weights [P], log T [n_slots]."""
+    pieces, log_t = prep.sweep()
+    if not pieces:
+        empty = torch.zeros(0, dtype=torch.long, device=log_t.device)
+        return empty, empty, log_t.new_zeros(0), log_t
+    slots, entries = torch.cat([p.slots for p in pieces]), torch.cat([p.entries for p in pieces])
+    return slots, entries, torch.cat([p.alpha * p.trans for p in pieces]), log_t
+
+
+def _compiled_pairs(prep: _Prepared) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_swept_pairs` from the compiled kernels (the same pairs and weights as their forward)."""
+    lists, grid = prep.lists, prep.grid
+    pos = compiled_composite.PositionLists.gather(
+        prep.feats[:, :6], prep.feats[:, 6:], lists.entries, lists.offsets, lists.counts, lists.box
+    )
+    layout = (grid.bin_size, grid.bins_x, grid.bins_per_camera, grid.width, grid.height)
+    slots, positions, weights, log_t = compiled_composite.contributing_pairs(pos, layout)
+    return slots, lists.entries.index_select(0, positions), weights, log_t.to(weights.dtype)
+
+
 @dataclass
 class CompositeWeights:
     """Sparse linear map from per-Gaussian colours to one view's pixels, for fixed geometry.
@@ -899,8 +920,9 @@ def composite_weights(
     rasterize_mode: Literal["classic", "antialiased"] = "classic",
     camera_model: CameraModel = "pinhole",
     covars: Tensor | None = None,
+    composite: Composite | None = None,
 ) -> CompositeWeights:
-    """The exact compositing weights :func:`rasterize_torch` uses for one camera.
+    """The exact compositing weights :func:`rasterize_torch` uses for one camera (same ``composite`` path).
 
     Args:
         means, quats, scales, opacities, covars: Gaussians as in :func:`rasterize_torch` ([N, ...]).
@@ -909,6 +931,7 @@ def composite_weights(
     """
     viewmats, Ks = viewmat.reshape(1, 4, 4), K.reshape(1, 3, 3)
     dummy = means.new_zeros(len(means), 1)
+    compiled = _use_compiled(composite, means.device)
     prep = _prepare(
         means,
         quats,
@@ -931,12 +954,10 @@ def composite_weights(
         rasterize_mode,
         camera_model,
         covars,
+        bin_size=_BIN_COMPILED if compiled else _BIN,
     )
-    (pieces, log_t), dev = prep.sweep(), means.device
-    slots = torch.cat([p.slots for p in pieces]) if pieces else torch.zeros(0, dtype=torch.long, device=dev)
+    slots, entries, weights, log_t = (_compiled_pairs if compiled else _swept_pairs)(prep)
     _, px, py = prep.grid.slot_pixels(slots)
-    entries = torch.cat([p.entries for p in pieces]) if pieces else slots
-    weights = torch.cat([p.alpha * p.trans for p in pieces]) if pieces else means.new_zeros(0)
     return CompositeWeights(
         pixel_ids=py * width + px,
         gaussian_ids=prep.live_rows.index_select(0, entries),  # C == 1: row == Gaussian id
