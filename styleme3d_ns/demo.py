@@ -143,6 +143,11 @@ def main(config: DemoConfig) -> None:
         f"PSNR {content['psnr_db']:.1f} dB, SSIM {content['ssim']:.3f} vs the base on "
         f"{len(metrics['views']['held_out'])} held-out views"
     )
+    if style.get("learned_style_similarity") is not None:  # needs the `style` extra (Magenta's style predictor)
+        print(
+            "[demo] learned style similarity (Magenta style vectors, cosine) "
+            f"{style['learned_style_similarity_base']:.3f} -> {style['learned_style_similarity']:.3f}"
+        )
     same = _same_geometry(base_cfg, style_cfg)
     print(f"[demo] geometry (means, scales, quats, opacities) bit-identical to the base: {same}")
     print(f"[demo] base | stylised | style sheet: {sheet}")
