@@ -2,8 +2,11 @@
 
 Shared by ``styleme3d`` (paper 000's SOS expert on the training views, the teacher's colour solve when stylising
 starts) and ``sas-portrait`` (an offline style term on its random views), so option names, loading and error lines
-are the same in both. With several style images the first is trained and every further one becomes a palette entry
-fitted by the teacher (:mod:`styleme3d_ns.models.palette`); the viewer's "Add style" does the same for a new image.
+are the same in both. With several style images each becomes a palette entry over the one geometry
+(:mod:`styleme3d_ns.models.palette`): the teacher fits every further one at once and the first trains; without the
+teacher the style images train in turn, the Gram term pointed at each in its turn (:class:`StyleTurns`). The viewer's
+"Add style" fits a new image with the teacher. A method that trains its geometry with the style (sas-portrait) takes
+one style image.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from styleme3d_ns.guidance.style_teacher import StyleTeacher, StyleTeacherConfig
 from styleme3d_ns.guidance.weights import MissingWeightsError
 from styleme3d_ns.models.guided_splat import GuidedSplatModel, GuidedSplatModelConfig
 from styleme3d_ns.models.loss_terms import TRAIN_VIEW, LossTerm
+from styleme3d_ns.models.palette import StyleTurns
 
 
 @dataclass
@@ -37,8 +41,9 @@ class StyleImageSplatModelConfig(GuidedSplatModelConfig):
     _target: type = field(default_factory=lambda: StyleImageSplatModel)
     style_image: tuple[Path, ...] = ()
     """Style reference image(s), PNG/JPG (greyscale and RGBA are converted to RGB). Several
-    (`--pipeline.model.style-image a.jpg b.jpg c.jpg`) make a palette: the first is trained, each further one becomes
-    a palette entry of its own over the same geometry; pick, blend and dial them in the viewer (docs/viewer.md)."""
+    (`--pipeline.model.style-image a.jpg b.jpg c.jpg`) make a palette, one entry each over the same geometry: the
+    offline teacher fits them, or without it they train in turn for an equal share of the steps; pick, blend and dial
+    them in the viewer (docs/viewer.md)."""
     sos: GramStyleLossConfig = field(default_factory=GramStyleLossConfig)
     """Multi-scale Gram style term (paper 000's SOS): backbone efficientnet-lite0 (packaged) or vgg19 (your weights)."""
     offline_teacher: Literal["auto", "on", "off"] = "auto"
@@ -64,6 +69,7 @@ class StyleImageSplatModel(GuidedSplatModel):
 
     def populate_modules(self) -> None:
         self._styles: dict[int, Tensor] = {}
+        self._teacher_runs: bool | None = None  # whether the offline teacher runs here, decided once when training
         super().populate_modules()
 
     @property
@@ -77,8 +83,42 @@ class StyleImageSplatModel(GuidedSplatModel):
             self._styles[index] = load_style_image(self.style_paths[index]).to(self.device)
         return self._styles[index]
 
+    def live_style_image(self) -> Tensor:
+        """The style image `[1, 3, H, W]` the live colours train toward: the first, or while the images train in turn,
+        the one whose turn it is."""
+        return self.style_image(self.live_style_index())
+
     def style_names(self) -> list[str]:
         return [path.stem for path in self.style_paths]
+
+    # ---------------------------------------------------------------- several style images
+    def trains_styles_in_turn(self) -> bool:
+        """Without the offline teacher the Gram (SOS) term trains the style images one after another; with it the
+        teacher fits them at once. Decided when training is set up (before that, e.g. ns-render: from the config)."""
+        if self._teacher_runs is None:
+            return self.config.offline_teacher == "off" or self.config.sh_degree == 0
+        return not self._teacher_runs
+
+    def _plan_style_turns(self, end: int | None) -> StyleTurns | None:
+        """Several style images: decide whether the teacher fits them or they train in turn (before the terms are
+        built); a method whose geometry trains with the style cannot keep them over one geometry and stops."""
+        count = len(self.style_paths)
+        if count > 1 and self.target_phase() != "stylise":
+            raise UserInputError(
+                f"{self.method_name} trains its geometry with the style, so {count} style images cannot share one "
+                "geometry as a palette: pass one --pipeline.model.style-image"
+            )
+        if count > 1:
+            self._offline_teacher()
+        return super()._plan_style_turns(end)
+
+    def on_style_turn(self, index: int) -> None:
+        """Point every built term that holds a style image (SOS's Gram targets; DSSD, CSD) at style image `index`,
+        keeping its loaded network."""
+        for term in self.active_terms:
+            built = self.guidance[term.name]
+            if hasattr(built, "set_style"):
+                built.set_style(self.style_image(index))
 
     # ---------------------------------------------------------------- the offline teacher
     def on_stylise_start(self) -> None:
@@ -86,10 +126,7 @@ class StyleImageSplatModel(GuidedSplatModel):
         further style image."""
         if not self.style_paths:
             return
-        if self.config.sh_degree == 0:  # colours are sigmoid logits there; the solve fits SH coefficients
-            CONSOLE.log("offline teacher off: the splat has no SH colours (--pipeline.model.sh-degree 0)")
-            return
-        networks = self._teacher_networks(self.config.offline_teacher)
+        networks = self._offline_teacher()
         if networks is None:
             return
         views = self._teacher_views(self._teacher_cameras())
@@ -120,6 +157,18 @@ class StyleImageSplatModel(GuidedSplatModel):
         cameras = self.train_cameras if self.train_cameras is not None else self._orbit_cameras()
         colours = self._teach(networks, style, self._teacher_views(cameras), Path(path).stem, report)
         return self.add_palette_entry(colours[:, 0], colours[:, 1:], Path(path).stem)
+
+    def _offline_teacher(self) -> MagentaStyleNetworks | None:
+        """The teacher's networks when it runs in this run (--offline-teacher, SH colours, the `style` extra), else
+        None; decided once, with one line when it is off."""
+        if self._teacher_runs is None:
+            networks = None
+            if self.config.sh_degree == 0:  # colours are sigmoid logits there; the solve fits SH coefficients
+                CONSOLE.log("offline teacher off: the splat has no SH colours (--pipeline.model.sh-degree 0)")
+            else:
+                networks = self._teacher_networks(self.config.offline_teacher)
+            self._teacher_runs = networks is not None
+        return self._networks if self._teacher_runs else None
 
     def _teacher_networks(self, mode: str) -> MagentaStyleNetworks | None:
         """The Magenta networks, or None (with one line) when the teacher is off or cannot run here."""
@@ -189,7 +238,7 @@ class StyleImageSplatModel(GuidedSplatModel):
         def build() -> GramStyleLoss:
             hint = "pass --pipeline.model.sos.backbone-weights <vgg19-dcbb9e9d.pth>"
             sos = GramStyleLoss(config, weights_hint=hint).to(self.device)
-            sos.set_style(self.style_image())
+            sos.set_style(self.live_style_image())
             return sos
 
         label = f"SOS on {config.backbone}"

@@ -89,7 +89,12 @@ class StyleMe3DModel(StyleImageSplatModel):
                 "stylise it afterwards with --pipeline.model.base-checkpoint <this run>"
             )
             return []
-        self.style_image()  # a bad style image stops the run before anything is built
+        for index in range(len(self.style_paths)):  # a bad style image stops the run before anything is built
+            self.style_image(index)
+        if cfg.colour_prematch and len(self.style_paths) > 1 and self.trains_styles_in_turn():
+            raise UserInputError(f"--pipeline.model.colour-prematch matches one style image's colours, and "
+                                 f"{len(self.style_paths)} style images train in turn here (no offline teacher): "
+                                 "pass --pipeline.model.colour-prematch False, or one style image")  # fmt: skip
         prior = cfg.lambda_prior
         terms = [
             self.sos_term(inputs={"content_images": "content"}, scale=prior),
@@ -107,14 +112,14 @@ class StyleMe3DModel(StyleImageSplatModel):
     def _build_dssd(self) -> Guidance:
         config = replace(self.config.dssd, prompt=self.config.dssd.prompt or self.config.style_prompt)
         dssd = DynamicStyleScoreDistillation.from_config(config, self.device)
-        dssd.set_style(self.style_image())
+        dssd.set_style(self.live_style_image())
         if self.device.type == "cpu":
             CONSOLE.log("DSSD runs Stable Diffusion on the CPU: expect tens of seconds per step (a GPU is advised)")
         return dssd
 
     def _build_csd(self) -> Guidance:
         csd = CSDStyleLoss.from_config(self.config.csd, self.device)
-        csd.set_style(self.style_image())
+        csd.set_style(self.live_style_image())
         return csd
 
     def _build_qa(self) -> Guidance:
