@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import compiled_composite
+from . import compiled_composite, compiled_projection
 from .sh import sh_colors
 
 ALPHA_MIN = 1.0 / 255.0  # pairs below this alpha are skipped (gsplat)
@@ -149,6 +149,11 @@ def project_gaussians(
     """
     if camera_model not in ("pinhole", "ortho"):
         raise ValueError(f"torch rasteriser supports camera_model 'pinhole' and 'ortho', got {camera_model!r}")
+    if compiled_projection.usable(means, viewmats, covars, camera_model, calc_compensations) and _use_compiled(
+        None, means.device
+    ):
+        return _project_compiled(means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
+                                 radius_clip)  # fmt: skip
     cov3d = quat_scale_to_covar(quats, scales) if covars is None else _triu_to_covar(covars)
     rot, trans = viewmats[:, None, :3, :3], viewmats[:, None, :3, 3]  # [C, 1, 3, 3], [C, 1, 3]
     means_c = (rot @ means[None, :, :, None]).squeeze(-1) + trans  # [C, N, 3]
@@ -193,15 +198,53 @@ def project_gaussians(
         pos = ratio > 0
         compensations = torch.where(pos, torch.sqrt(_safe_where(pos, ratio, 1.0)), torch.zeros_like(ratio))
 
-    with torch.no_grad():  # radius: 3 sigma of the larger eigenvalue, as gsplat (not differentiable)
-        b = 0.5 * (c00 + c11)
-        v1 = b + torch.sqrt(torch.clamp(b * b - det, min=0.01))
-        radius = torch.ceil(3.0 * torch.sqrt(torch.clamp(v1, min=0.0)))
-        mx, my = means2d[..., 0], means2d[..., 1]
-        on_screen = (mx + radius > 0) & (mx - radius < width) & (my + radius > 0) & (my - radius < height)
-        keep = valid & (radius > radius_clip) & on_screen
-        radii = torch.where(keep, radius, torch.zeros_like(radius)).int()
+    radii = _radii(c00, c11, det, valid, means2d, width, height, radius_clip)
     return Projection(radii=radii, means2d=means2d, depths=z, conics=conics, compensations=compensations)
+
+
+@torch.no_grad()
+def _radii(
+    c00: Tensor, c11: Tensor, det: Tensor, valid: Tensor, means2d: Tensor, width: int, height: int, radius_clip: float
+) -> Tensor:
+    """Integer radius [C, N]: 3 sigma of the blurred 2D covariance's larger eigenvalue, as gsplat (not
+    differentiable); 0 for culled Gaussians (invalid, radius <= radius_clip, or the box fully off-screen)."""
+    b = 0.5 * (c00 + c11)
+    v1 = b + torch.sqrt(torch.clamp(b * b - det, min=0.01))
+    radius = torch.ceil(3.0 * torch.sqrt(torch.clamp(v1, min=0.0)))
+    mx, my = means2d[..., 0], means2d[..., 1]
+    on_screen = (mx + radius > 0) & (mx - radius < width) & (my + radius > 0) & (my - radius < height)
+    keep = valid & (radius > radius_clip) & on_screen
+    return torch.where(keep, radius, torch.zeros_like(radius)).int()
+
+
+def _project_compiled(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    eps2d: float,
+    near_plane: float,
+    far_plane: float,
+    radius_clip: float,
+) -> Projection:
+    """:func:`project_gaussians` through :class:`.compiled_projection.CompiledProjection` (same outputs)."""
+    fx, fy, cx, cy = Ks[:, 0, 0], Ks[:, 1, 1], Ks[:, 0, 2], Ks[:, 1, 2]
+    tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
+    lims = torch.stack(  # gsplat's clamp of x/z, y/z to 1.3x the half field of view
+        [cx / fx + 0.3 * tan_fovx, (width - cx) / fx + 0.3 * tan_fovx,
+         cy / fy + 0.3 * tan_fovy, (height - cy) / fy + 0.3 * tan_fovy], dim=-1,
+    )  # fmt: skip
+    means2d, conics, depths, cov2d = compiled_projection.CompiledProjection.apply(
+        means, quats, scales, viewmats, Ks, lims, eps2d, near_plane, far_plane
+    )
+    c00, c01, c11 = cov2d.unbind(-1)
+    det = c00 * c11 - c01 * c01
+    valid = (depths >= near_plane) & (depths <= far_plane) & (depths != 0) & (det > 0)
+    radii = _radii(c00, c11, det, valid, means2d, width, height, radius_clip)
+    return Projection(radii=radii, means2d=means2d, depths=depths, conics=conics, compensations=None)
 
 
 # ---------------------------------------------------------------------------------------
