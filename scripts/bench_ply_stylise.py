@@ -77,7 +77,8 @@ def main() -> None:
         print(f"command: {' '.join(cmd)}")
         if teacher:
             print(f"offline teacher: {teacher[-1][1]} rounds in {float(teacher[-1][2]):.1f} s")
-        print(f"end to end (process launch to exit): {wall:.1f} s = {wall / TARGET_S:.2f} x the {TARGET_S:.0f} s target")
+        ratio = wall / TARGET_S
+        print(f"end to end (process launch to exit): {wall:.1f} s = {ratio:.2f} x the {TARGET_S:.0f} s target")
     finally:
         shutil.rmtree(work, ignore_errors=True)  # our own temporary folder
 

@@ -3,8 +3,9 @@
 The helpers find viser's GUI controls by their visible label (viser renders ``<label for=id>`` beside each input),
 pick dropdown entries and move sliders with the keyboard as a user would, and read the 3D canvas (nerfstudio draws
 each rendered frame into it) as pixels. The run shown is the stylised fixture with a second palette entry written
-into a copy of its checkpoint, so the Style dropdown has another look to switch to. Playwright's own browser download is not used: `executable_path` points at
-the system chromium (`apt-get install chromium`, scripts/install.sh), WebGL through SwiftShader.
+into a copy of its checkpoint, so the Style dropdown has another look to switch to. Playwright's own browser
+download is not used: `executable_path` points at the system chromium (`apt-get install chromium`,
+scripts/install.sh), WebGL through SwiftShader.
 """
 
 from __future__ import annotations
