@@ -38,17 +38,25 @@ def row_list(pb: np.ndarray, off: int, cnt: int, y: int, rows: np.ndarray) -> in
     return n
 
 
+@numba.njit(cache=True)
+def bin_origin(bin_: int, layout: tuple) -> tuple[int, int, int, int]:
+    """First pixel (x, y) of bin ``bin_`` and how many of its rows and columns lie inside the image."""
+    b, bins_x, bins_per_cam, width, height = layout
+    in_cam = bin_ % bins_per_cam
+    x_start, y_start = (in_cam % bins_x) * b, (in_cam // bins_x) * b
+    return x_start, y_start, min(b, height - y_start), min(b, width - x_start)
+
+
 @numba.njit(cache=True, parallel=True)
 def forward(pg, pc, pb, offsets, counts, layout, out, log_t, last, n_pairs):
-    b, bins_x, bins_per_cam, width, height = layout
+    b = layout[0]
     n_ch = pc.shape[1]
     for bin_ in numba.prange(len(offsets)):
-        in_cam = bin_ % bins_per_cam
-        x_start, y_start = (in_cam % bins_x) * b, (in_cam // bins_x) * b
+        x_start, y_start, n_rows, n_cols = bin_origin(bin_, layout)
         rows = np.empty(counts[bin_], dtype=np.int64)
-        for iy in range(min(b, height - y_start)):
+        for iy in range(n_rows):
             n_row = row_list(pb, offsets[bin_], counts[bin_], y_start + iy, rows)
-            for ix in range(min(b, width - x_start)):
+            for ix in range(n_cols):
                 x, y, slot = x_start + ix, y_start + iy, bin_ * b * b + iy * b + ix
                 t = 1.0
                 n_used = 0
@@ -77,14 +85,13 @@ def forward(pg, pc, pb, offsets, counts, layout, out, log_t, last, n_pairs):
 @numba.njit(cache=True, parallel=True)
 def pair_weights(pg, pb, offsets, counts, layout, last, start, slot_ids, pos_ids, weights):
     """The contributing pairs of :func:`forward` with their weights alpha_i T_i, slot by slot from ``start``."""
-    b, bins_x, bins_per_cam, width, height = layout
+    b = layout[0]
     for bin_ in numba.prange(len(offsets)):
-        in_cam = bin_ % bins_per_cam
-        x_start, y_start = (in_cam % bins_x) * b, (in_cam // bins_x) * b
+        x_start, y_start, n_rows, n_cols = bin_origin(bin_, layout)
         rows = np.empty(counts[bin_], dtype=np.int64)
-        for iy in range(min(b, height - y_start)):
+        for iy in range(n_rows):
             row_list(pb, offsets[bin_], counts[bin_], y_start + iy, rows)
-            for ix in range(min(b, width - x_start)):
+            for ix in range(n_cols):
                 x, y, slot = x_start + ix, y_start + iy, bin_ * b * b + iy * b + ix
                 t = 1.0
                 i = start[slot]
@@ -102,16 +109,15 @@ def pair_weights(pg, pb, offsets, counts, layout, last, start, slot_ids, pos_ids
 
 @numba.njit(cache=True, parallel=True)
 def backward(pg, pc, pb, offsets, counts, layout, log_t, last, grad_out, grad_log_t, d_geom, d_col, d_abs):
-    b, bins_x, bins_per_cam, width, height = layout
+    b = layout[0]
     n_ch = pc.shape[1]
     for bin_ in numba.prange(len(offsets)):
-        in_cam = bin_ % bins_per_cam
-        x_start, y_start = (in_cam % bins_x) * b, (in_cam // bins_x) * b
+        x_start, y_start, n_rows, n_cols = bin_origin(bin_, layout)
         rows = np.empty(counts[bin_], dtype=np.int64)
         behind = np.zeros(n_ch)  # S: colour composited behind the current pair
-        for iy in range(min(b, height - y_start)):
+        for iy in range(n_rows):
             row_list(pb, offsets[bin_], counts[bin_], y_start + iy, rows)
-            for ix in range(min(b, width - x_start)):
+            for ix in range(n_cols):
                 x, y, slot = x_start + ix, y_start + iy, bin_ * b * b + iy * b + ix
                 t = math.exp(log_t[slot])
                 g_lt = grad_log_t[slot]
