@@ -17,7 +17,12 @@ on first use and cached on disk (``cache=True``): only the first process pays th
 from __future__ import annotations
 
 import functools
+import importlib
+import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -34,11 +39,28 @@ def available() -> bool:
 
 
 @functools.cache
-def _kernels():  # noqa: ANN202 - numba dispatchers
-    """The forward and backward kernels (numba compiles them, or loads them from its on-disk cache, on first use)."""
-    from . import _composite_kernels
+def load_kernels(name: str) -> ModuleType:
+    """Import the kernel module ``name`` of this package; numba compiles its functions on first use, or loads them
+    from its disk cache. With nothing cached yet (a fresh install) one line says why the first step pauses."""
+    module = importlib.import_module(f".{name}", __package__)
+    folders = [Path(module.__file__).parent / "__pycache__"]
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        folders.append(Path(os.environ["NUMBA_CACHE_DIR"]))
+    if not any(any(folder.rglob(f"{name}.*.nbi")) for folder in folders if folder.is_dir()):
+        print(
+            # not prefixed "styleme3d": that prefix is the user-error line's, and this is news, not an error
+            f"CPU rasteriser: numba is compiling its kernels ({name.strip('_')}); first run only, about 7 s per "
+            "group on 2 cores, then cached",
+            file=sys.stderr,
+            flush=True,
+        )
+    return module
 
-    return _composite_kernels.forward, _composite_kernels.backward, _composite_kernels.pair_weights
+
+def _kernels():  # noqa: ANN202 - numba dispatchers
+    """The forward, backward and pair-weight kernels."""
+    module = load_kernels("_composite_kernels")
+    return module.forward, module.backward, module.pair_weights
 
 
 @dataclass

@@ -7,19 +7,15 @@ no anti-aliasing compensation, cameras not optimised. The torch version stays th
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 
 from . import compiled_composite
 
 
-@functools.cache
 def _kernels():  # noqa: ANN202 - numba dispatchers
-    from . import _projection_kernels
-
-    return _projection_kernels.forward, _projection_kernels.backward
+    module = compiled_composite.load_kernels("_projection_kernels")
+    return module.forward, module.backward
 
 
 def usable(means: Tensor, viewmats: Tensor, covars: Tensor | None, camera_model: str, compensations: bool) -> bool:
