@@ -11,7 +11,7 @@ backward writes per-position gradients without races and the caller reduces them
 ``index_add_``: results do not depend on the number of threads.
 
 Requires ``numba`` (a dependency of the package); :func:`available` says whether it imports. Kernels are compiled
-on first use and cached on disk (``cache=True``): only the first process pays the compile (~4 s per dtype, 2 cores).
+on first use and cached on disk (``cache=True``): only the first process pays the compile (~14 s, 2 cores).
 """
 
 from __future__ import annotations
