@@ -13,8 +13,11 @@ from .torch_rasterizer import ALPHA_MAX, ALPHA_MIN, T_MIN
 
 
 @numba.njit(cache=True, inline="always")
-def pair(pg: np.ndarray, k: int, x: int, y: int) -> tuple[float, float, float, float]:
-    """(dx, dy, vis, alpha) of list position ``k`` at pixel (x, y); alpha 0 for a skipped pair."""
+def pair(pg: np.ndarray, pb: np.ndarray, k: int, x: int, y: int) -> tuple[float, float, float, float]:
+    """(dx, dy, vis, alpha) of list position ``k`` at pixel (x, y) of a row the position's box covers; alpha 0 for a
+    skipped pair (column outside the box, sigma < 0, alpha < 1/255)."""
+    if x < pb[k, 0] or x > pb[k, 1]:
+        return 0.0, 0.0, 0.0, 0.0
     dx = pg[k, 0] - (x + 0.5)
     dy = pg[k, 1] - (y + 0.5)
     sigma = 0.5 * (pg[k, 2] * dx * dx + pg[k, 4] * dy * dy) + pg[k, 3] * dx * dy
@@ -63,9 +66,7 @@ def forward(pg, pc, pb, offsets, counts, layout, out, log_t, last, n_pairs):
                 n_hit = 0
                 for j in range(n_row):
                     k = rows[j]
-                    if x < pb[k, 0] or x > pb[k, 1]:
-                        continue
-                    _, _, _, alpha = pair(pg, k, x, y)
+                    _, _, _, alpha = pair(pg, pb, k, x, y)
                     if alpha == 0.0:
                         continue
                     t_next = t * (1.0 - alpha)
@@ -97,9 +98,7 @@ def pair_weights(pg, pb, offsets, counts, layout, last, start, slot_ids, pos_ids
                 i = start[slot]
                 for j in range(last[slot]):  # the same walk as forward, up to where it stopped
                     k = rows[j]
-                    if x < pb[k, 0] or x > pb[k, 1]:
-                        continue
-                    _, _, _, alpha = pair(pg, k, x, y)
+                    _, _, _, alpha = pair(pg, pb, k, x, y)
                     if alpha == 0.0:
                         continue
                     slot_ids[i], pos_ids[i], weights[i] = slot, k, alpha * t
@@ -124,9 +123,7 @@ def backward(pg, pc, pb, offsets, counts, layout, log_t, last, grad_out, grad_lo
                 behind[:] = 0.0
                 for j in range(last[slot] - 1, -1, -1):
                     k = rows[j]
-                    if x < pb[k, 0] or x > pb[k, 1]:
-                        continue
-                    dx, dy, vis, alpha = pair(pg, k, x, y)
+                    dx, dy, vis, alpha = pair(pg, pb, k, x, y)
                     if alpha == 0.0:
                         continue
                     ra = 1.0 / (1.0 - alpha)
