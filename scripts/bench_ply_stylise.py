@@ -35,29 +35,18 @@ def vertex_count(ply: Path) -> int:
     return int(match.group(1)) if match else -1
 
 
-def style_file(style: str, folder: Path) -> Path:
-    """A path as given, or a scikit-image sample image written as PNG into ``folder``."""
-    if Path(style).is_file():
-        return Path(style)
-    import numpy as np
-    import skimage.data
-    from PIL import Image
-
-    image = np.asarray(getattr(skimage.data, style)())
-    path = folder / f"{style}.png"
-    Image.fromarray(image[..., :3] if image.ndim == 3 else image).save(path)
-    return path
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ply", type=Path, required=True, help="the .ply to stylise (never modified)")
     parser.add_argument("--style", default="immunohistochemistry", help="image path or scikit-image sample name")
     parser.add_argument("--offline-experts-only", action="store_true", help="skip DSSD/CSD/3DG-QA weight look-ups")
     args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from styleme3d_ns.demo import style_image_file
+
     work = Path(tempfile.mkdtemp(prefix="bench_ply_stylise_"))
     try:
-        style = style_file(args.style, work)
+        style = style_image_file(args.style, work)
         cmd = [
             str(BIN / "ns-train"), "styleme3d", "--data", str(args.ply), "--output-dir", str(work / "runs"),
             "--vis", "tensorboard", "--pipeline.model.style-image", str(style),

@@ -70,7 +70,8 @@ def _check(config: DemoConfig) -> Path | None:
     return None
 
 
-def _style_image(style: str, out: Path) -> Path:
+def style_image_file(style: str, out: Path) -> Path:
+    """``style`` as given if it is a file, else the scikit-image sample of that name saved as PNG into ``out``."""
     if Path(style).exists():
         return Path(style)
     import skimage.data
@@ -100,7 +101,7 @@ def main(config: DemoConfig) -> None:
         folder.check({"--style": style_file})
         out = folder.prepare()
     scene = build_scene(out / "scene", num_views=config.num_views, width=config.resolution, height=config.resolution)
-    style_path = _style_image(config.style, out)
+    style_path = style_image_file(config.style, out)
     print(f"[demo] scene: {scene}  style: {style_path}", flush=True)
 
     recon = [
