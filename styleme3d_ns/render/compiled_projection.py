@@ -18,16 +18,9 @@ def _kernels():  # noqa: ANN202 - numba dispatchers
     return module.forward, module.backward
 
 
-def usable(means: Tensor, viewmats: Tensor, covars: Tensor | None, camera_model: str, compensations: bool) -> bool:
-    """Whether this call can take the compiled path (else the torch projection runs)."""
-    return (
-        means.device.type == "cpu"
-        and compiled_composite.available()
-        and covars is None
-        and camera_model == "pinhole"
-        and not compensations
-        and not viewmats.requires_grad
-    )
+def covers(viewmats: Tensor, covars: Tensor | None, camera_model: str, compensations: bool) -> bool:
+    """Whether the compiled projection handles this call (given CPU tensors and numba; else the torch one runs)."""
+    return covars is None and camera_model == "pinhole" and not compensations and not viewmats.requires_grad
 
 
 class CompiledProjection(torch.autograd.Function):

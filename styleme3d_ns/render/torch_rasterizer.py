@@ -149,8 +149,8 @@ def project_gaussians(
     """
     if camera_model not in ("pinhole", "ortho"):
         raise ValueError(f"torch rasteriser supports camera_model 'pinhole' and 'ortho', got {camera_model!r}")
-    if compiled_projection.usable(means, viewmats, covars, camera_model, calc_compensations) and _use_compiled(
-        None, means.device
+    if _use_compiled(None, means.device) and compiled_projection.covers(
+        viewmats, covars, camera_model, calc_compensations
     ):
         return _project_compiled(means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane,
                                  radius_clip)  # fmt: skip
@@ -286,6 +286,11 @@ class _Grid:
     def n_slots(self) -> int:
         return self.n_bins * self.bin_size**2
 
+    @property
+    def layout(self) -> tuple[int, int, int, int, int]:
+        """(bin_size, bins_x, bins_per_camera, width, height): the grid as the compiled kernels take it."""
+        return self.bin_size, self.bins_x, self.bins_per_camera, self.width, self.height
+
     def slots_to_image(self, values: Tensor) -> Tensor:
         """[n_slots, D] bin-major values -> [C, H, W, D] image."""
         b, d = self.bin_size, values.shape[-1]
@@ -318,6 +323,12 @@ class _BinLists:
     offsets: Tensor  # [n_bins] start of each bin's list in ``entries``
     counts: Tensor  # [n_bins] list lengths
     box: Tensor  # [L, 4] int64 inclusive pixel box (x0, x1, y0, y1) per live entry
+
+    def positions(self, feats: Tensor) -> compiled_composite.PositionLists:
+        """These lists with each position's geometry and colours ([L, 6 + D] ``feats``) gathered in list order."""
+        return compiled_composite.PositionLists.gather(
+            feats[:, :6], feats[:, 6:], self.entries, self.offsets, self.counts, self.box
+        )
 
 
 @torch.no_grad()
@@ -592,9 +603,7 @@ class _CompiledComposite(torch.autograd.Function):
     def forward(
         ctx, feats: Tensor, lists: _BinLists, layout: tuple, abs_out: Tensor | None, abs_rows: Tensor | None
     ) -> tuple[Tensor, Tensor]:
-        pos = compiled_composite.PositionLists.gather(
-            feats[:, :6], feats[:, 6:], lists.entries, lists.offsets, lists.counts, lists.box
-        )
+        pos = lists.positions(feats)
         out, log_t, last = compiled_composite.composite_forward(pos, layout)
         ctx.pos, ctx.layout, ctx.saved = pos, layout, (log_t, last)
         ctx.abs_out, ctx.abs_rows, ctx.n_feats = abs_out, abs_rows, len(feats)
@@ -892,8 +901,7 @@ def rasterize_torch(
         means2d.absgrad = torch.zeros_like(means2d, requires_grad=False)  # filled during backward
         abs_out = means2d.absgrad.view(-1, 2)
     if compiled:
-        layout = (grid.bin_size, grid.bins_x, grid.bins_per_camera, width, height)
-        out, log_t = _CompiledComposite.apply(prep.feats, prep.lists, layout, abs_out, prep.live_rows)
+        out, log_t = _CompiledComposite.apply(prep.feats, prep.lists, grid.layout, abs_out, prep.live_rows)
     else:
         pieces, log_t0 = prep.sweep()
         out, log_t = _Composite.apply(prep.feats, log_t0, pieces, grid.n_slots, abs_out, prep.live_rows)
@@ -921,13 +929,10 @@ def _swept_pairs(prep: _Prepared) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 def _compiled_pairs(prep: _Prepared) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`_swept_pairs` from the compiled kernels (the same pairs and weights as their forward)."""
-    lists, grid = prep.lists, prep.grid
-    pos = compiled_composite.PositionLists.gather(
-        prep.feats[:, :6], prep.feats[:, 6:], lists.entries, lists.offsets, lists.counts, lists.box
+    slots, positions, weights, log_t = compiled_composite.contributing_pairs(
+        prep.lists.positions(prep.feats), prep.grid.layout
     )
-    layout = (grid.bin_size, grid.bins_x, grid.bins_per_camera, grid.width, grid.height)
-    slots, positions, weights, log_t = compiled_composite.contributing_pairs(pos, layout)
-    return slots, lists.entries.index_select(0, positions), weights, log_t.to(weights.dtype)
+    return slots, prep.lists.entries.index_select(0, positions), weights, log_t.to(weights.dtype)
 
 
 @dataclass
