@@ -93,6 +93,11 @@ class GuidedSplatModelConfig(DefaultsOnLoad, SplatfactoModelConfig):
     missing_experts: Literal["skip", "error"] = "skip"
     """What to do when an enabled term's weights are not on this machine: skip it (one line says which and why)
     or stop with that line. Terms on packaged networks never need downloads."""
+    colour_lr_decay: float = 1.0
+    """While stylising, the learning rate of the colours (SH DC) falls exponentially from its configured value to this
+    fraction of it by the last stylise step (by the end of each style's turn when several train in turn); 1: constant.
+    A features_dc group with a nerfstudio scheduler of its own keeps it. One view per step makes a constant rate leave
+    view-to-view noise in the colours (docs/styleme3d.md, "Colour learning-rate decay")."""
 
 
 class GuidedSplatModel(SplatfactoModel):
@@ -147,6 +152,7 @@ class GuidedSplatModel(SplatfactoModel):
         self.train_cameras: Cameras | None = None  # known once training is set up
         self.done_after_step: int | None = None  # set when the plan ends early (StyleTrainer stops after that step)
         self._style_turns: StyleTurns | None = None  # several styles trained in turn, once the run's plan is known
+        self._plan_end: int | None = None  # the trainer's planned last step + 1, once known
         self._turn_style: int | None = None  # the configured style whose turn on_style_turn last announced
         self.loaded_base = base is not None
         self.phase: Phase = "generate" if self.target_phase() == "generate" else "reconstruct"
@@ -279,7 +285,13 @@ class GuidedSplatModel(SplatfactoModel):
         with exit_on_user_error():
             if self._deferred_error is not None:
                 raise self._deferred_error
-            self._style_turns = self._plan_style_turns(getattr(trainer_config, "max_num_iterations", None))
+            if not 0.0 < self.config.colour_lr_decay <= 1.0:
+                raise UserInputError(
+                    f"--pipeline.model.colour-lr-decay must be in (0, 1] (got "
+                    f"{self.config.colour_lr_decay}); 1 keeps the colour learning rate constant"
+                )
+            self._plan_end = getattr(trainer_config, "max_num_iterations", None)
+            self._style_turns = self._plan_style_turns(self._plan_end)
             self.setup_terms()
         return [
             TrainingCallback(
@@ -347,6 +359,33 @@ class GuidedSplatModel(SplatfactoModel):
             self.enter_stylise(capture_base=True)
         if self.phase == "stylise" and self._style_turns is not None:
             self._take_style_turns(optimizers, step)
+        if self.phase == "stylise":
+            self._decay_colour_lr(optimizers, step)
+
+    def colour_lr_factor(self, step: int) -> float:
+        """Factor on the configured colour learning rates at `step` of the stylise phase (``colour_lr_decay``):
+        ``decay ** t`` with ``t`` in [0, 1] the progress through the stylise steps, or through the current style's
+        turn; 1 before the trainer's plan is known."""
+        decay, end = self.config.colour_lr_decay, self._plan_end
+        if decay == 1.0 or end is None:
+            return 1.0
+        start = 0 if self.loaded_base else self.config.reconstruct_steps
+        turns = self._style_turns
+        if turns is not None and self.palette.stored < turns.num_styles - 1:
+            start, end = turns.start + self.palette.stored * turns.length, turns.turn_end(self.palette.stored)
+        elif turns is not None:  # the last turn takes the remainder
+            start = turns.start + self.palette.stored * turns.length
+        progress = min(max((step - start) / max(1, end - 1 - start), 0.0), 1.0)
+        return decay**progress
+
+    def _decay_colour_lr(self, optimizers, step: int) -> None:  # noqa: ANN001 - nerfstudio's Optimizers
+        # the SH DC group only: the view-dependent bands already train 20x slower, and decaying them too cost Gram
+        # distance at no gain in content on the demo scene (docs/styleme3d.md)
+        optimizer = optimizers.optimizers.get("features_dc")
+        if optimizer is None or "features_dc" in optimizers.schedulers:
+            return
+        for group in optimizer.param_groups:
+            group["lr"] = optimizers.config["features_dc"]["optimizer"].lr * self.colour_lr_factor(step)
 
     def step_post_backward(self, step: int) -> None:
         """Densify from the screen-space gradients of every view rendered this step (paper 001 eq. 4).
