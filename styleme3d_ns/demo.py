@@ -25,7 +25,7 @@ OUTPUTS = ("scene", "runs", "export", "style_*.png", "log_*.txt", "turntable.mp4
 
 @dataclass
 class DemoConfig:
-    """Offline styleme3d demo (CPU, about 90 s on 2 cores after the install)."""
+    """Offline styleme3d demo (CPU, about 80 s on 2 cores after the install)."""
 
     output_dir: Path = Path("demo_out")
     """Where the scene, runs, renders, video, .ply and metrics go. A folder the demo made is reused (its previous
