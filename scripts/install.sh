@@ -23,4 +23,6 @@ if command -v npm >/dev/null 2>&1; then
   npm install --silent --no-audit --no-fund --prefix .venv/node "@playcanvas/splat-transform@3" >/dev/null 2>&1 \
     || echo "splat-transform not installed (npm install failed); its test skips"
 fi
+# numba compiles the CPU rasteriser's kernels once and caches them: do it now rather than in the first run
+.venv/bin/python -m styleme3d_ns.render.warm_kernels
 echo "styleme3d-ns installed in $(pwd)/.venv (activate with: source .venv/bin/activate)"
