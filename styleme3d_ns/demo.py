@@ -46,17 +46,18 @@ class DemoConfig:
     time (docs/performance.md)."""
     style_steps: int = 500
     """Stylisation steps (colour only, geometry frozen): the Gram (SOS) loss at the render's scale, one view per step,
-    the colour learning rate decaying from 0.1 to 0.008 (docs/styleme3d.md, "The demo's stylisation"). With
-    --offline-teacher the teacher's solve is the result and the run ends after its first step."""
+    the colour learning rate decaying from 0.1 to 0.008 (docs/styleme3d.md, "Colour learning-rate decay and the
+    demo's stylisation"). With --offline-teacher the teacher's solve is the result and the run ends after its first
+    step."""
     offline_teacher: bool = False
     """Stylise with the offline teacher (Magenta network + exact colour solve) instead: bolder strokes (learned style
     similarity 0.95 against SOS's 0.90) but a paler scene, further from its content (PSNR 8 dB to the base)."""
 
 
-# The demo's SOS stylisation, measured on its own scene (docs/styleme3d.md, "The demo's stylisation"): the Gram loss
-# at the render's scale only (the half-scale pass cost content for no Gram distance here), content weight 1, and the
-# colour (SH DC) rate decaying from 0.1 to 0.008 so that the one-view-per-step updates settle instead of leaving
-# view-to-view noise in the colours.
+# The demo's SOS stylisation, measured on its own scene (docs/styleme3d.md, "Colour learning-rate decay and the
+# demo's stylisation"): the Gram loss at the render's scale only (the half-scale pass cost content for no Gram
+# distance here), content weight 1, and the colour (SH DC) rate decaying from 0.1 to 0.008 so that the
+# one-view-per-step updates settle instead of leaving view-to-view noise in the colours.
 SOS_STYLISE = (
     "--pipeline.model.sos.scales", "1.0", "--pipeline.model.sos.pretrain-steps", "0",
     "--pipeline.model.sos.content-weight", "1.0",

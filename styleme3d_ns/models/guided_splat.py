@@ -97,7 +97,7 @@ class GuidedSplatModelConfig(DefaultsOnLoad, SplatfactoModelConfig):
     """While stylising, the learning rate of the colours (SH DC) falls exponentially from its configured value to this
     fraction of it by the last stylise step (by the end of each style's turn when several train in turn); 1: constant.
     A features_dc group with a nerfstudio scheduler of its own keeps it. One view per step makes a constant rate leave
-    view-to-view noise in the colours (docs/styleme3d.md, "Colour learning-rate decay")."""
+    view-to-view noise in the colours (docs/styleme3d.md, "Colour learning-rate decay and the demo's stylisation")."""
 
 
 class GuidedSplatModel(SplatfactoModel):
