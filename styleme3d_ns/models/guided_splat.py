@@ -362,6 +362,11 @@ class GuidedSplatModel(SplatfactoModel):
         if self.phase == "stylise":
             self._decay_colour_lr(optimizers, step)
 
+    @property
+    def stylise_start(self) -> int:
+        """First step of the stylise phase: 0 with a base splat, else the reconstruction's length."""
+        return 0 if self.loaded_base else self.config.reconstruct_steps
+
     def colour_lr_factor(self, step: int) -> float:
         """Factor on the configured colour learning rates at `step` of the stylise phase (``colour_lr_decay``):
         ``decay ** t`` with ``t`` in [0, 1] the progress through the stylise steps, or through the current style's
@@ -369,12 +374,8 @@ class GuidedSplatModel(SplatfactoModel):
         decay, end = self.config.colour_lr_decay, self._plan_end
         if decay == 1.0 or end is None:
             return 1.0
-        start = 0 if self.loaded_base else self.config.reconstruct_steps
         turns = self._style_turns
-        if turns is not None and self.palette.stored < turns.num_styles - 1:
-            start, end = turns.start + self.palette.stored * turns.length, turns.turn_end(self.palette.stored)
-        elif turns is not None:  # the last turn takes the remainder
-            start = turns.start + self.palette.stored * turns.length
+        start, end = (self.stylise_start, end) if turns is None else turns.turn_span(self.palette.stored)
         progress = min(max((step - start) / max(1, end - 1 - start), 0.0), 1.0)
         return decay**progress
 
@@ -704,7 +705,7 @@ class GuidedSplatModel(SplatfactoModel):
         count = len(self.style_names())
         if count < 2 or not self.trains_styles_in_turn() or end is None or self.target_phase() != "stylise":
             return None
-        turns = StyleTurns(count, 0 if self.loaded_base else self.config.reconstruct_steps, end)
+        turns = StyleTurns(count, self.stylise_start, end)
         if turns.length < 1:
             raise UserInputError(f"{count} styles train in turn, one step each at least: raise --max-num-iterations "
                                  f"{end} to {turns.start + count} or more")  # fmt: skip

@@ -88,6 +88,10 @@ class StyleTurns:
         """The step at which turn `turn` ends and its colours are stored."""
         return self.start + (turn + 1) * self.length
 
+    def turn_span(self, turn: int) -> tuple[int, int]:
+        """First step of turn `turn` and the step after its last (the last turn runs to `end`)."""
+        return self.start + turn * self.length, self.turn_end(turn) if turn < self.num_styles - 1 else self.end
+
 
 def style_of_turn(turn: int, num_styles: int) -> int:
     """Configured style index trained in turn `turn` of `num_styles` (the further styles first, style 0 last and
