@@ -70,6 +70,35 @@ def test_loss_dict_terms_and_weighting(effnet: EfficientNetLite0Features) -> Non
     assert float(loss(render, step=0)["loss_content"]) == 0.0  # no content images: no content term
 
 
+def test_content_targets_are_computed_once_per_image_and_give_the_same_loss(
+    effnet: EfficientNetLite0Features, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = GramStyleLossConfig(scales=(1.0,), pretrain_steps=0)
+    memo, fresh = GramStyleLoss(cfg, backbone=effnet), GramStyleLoss(cfg, backbone=effnet)
+    for loss in (memo, fresh):
+        loss.set_style(torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(0)), render_hw=(32, 32))
+    views = [torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(k)) for k in (1, 2)]
+    render = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    calls: list[int] = []
+    handle = effnet.register_forward_pre_hook(lambda _m, _args: calls.append(1))
+    try:
+        counts = []
+        for view in (views[0], views[1], views[0].clone(), views[1]):  # a clone: same bytes, another tensor
+            calls.clear()
+            out = memo(render, step=0, content_images=view)
+            counts.append(len(calls))
+            fresh._content_targets.clear()  # the reference computes every target anew
+            expected = fresh(render, step=0, content_images=view)
+            assert torch.equal(out["loss_content"], expected["loss_content"])
+        assert counts == [2, 2, 1, 1], "render + content the first time an image is seen, then the render only"
+    finally:
+        handle.remove()
+    # a memory budget of one target keeps only the most recent image
+    monkeypatch.setattr("styleme3d_ns.guidance.gram.CONTENT_TARGETS_BYTES", memo._content_bytes // 2)
+    memo(render, step=0, content_images=views[0])
+    assert len(memo._content_targets) == 1 and memo._content_bytes == next(iter(memo._content_targets.values())).nbytes
+
+
 def test_disabled_guidance_returns_zero_without_style(effnet: EfficientNetLite0Features) -> None:
     loss = GramStyleLoss(GramStyleLossConfig(enabled=False), backbone=effnet)
     assert float(loss(torch.rand(1, 3, 16, 16), step=0)["loss"]) == 0.0

@@ -16,6 +16,7 @@ the loss magnitude does not jump when the phase changes.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,10 @@ def paper_style_weights(channels: Sequence[int]) -> tuple[float, ...]:
 # (paper 000 gives the layer, not the weight). EfficientNet-Lite0: about 0.05 on block7, measured in
 # docs/styleme3d.md ("Why these EfficientNet taps") to keep the content recognisable without weakening the transfer.
 DEFAULT_CONTENT_WEIGHTS: dict[str, float] = {"vgg19": 1.0, "efficientnet-lite0": 0.05}
+
+# Memory for memoised content targets (CPU): every training view at two scales for scenes of a few hundred views at
+# the sizes a CPU trains (EfficientNet block7 at 96 px: 11.5 KB per view).
+CONTENT_TARGETS_BYTES = 64 << 20
 
 
 @dataclass
@@ -157,6 +162,9 @@ class GramStyleLoss(Guidance):
         self._style_image: Tensor | None = None
         # Style Grams per target shorter side: {short_side: {tap: [1, C, C]}}; filled by set_style or lazily.
         self._style_grams: dict[int, dict[str, Tensor]] = {}
+        # Content-tap features of recent content images, least recently used first (see _content_target).
+        self._content_targets: dict[tuple, Tensor] = {}
+        self._content_bytes = 0
         self.last_scales: tuple[float, ...] = ()
 
     def active_scales(self, step: int) -> tuple[float, ...]:
@@ -211,10 +219,29 @@ class GramStyleLoss(Guidance):
             style = style + w * (gram_matrix(feats[tap]) - targets[tap]).square().sum(dim=(1, 2)).mean()
         content_term = x.new_zeros((), dtype=torch.float32)
         if content is not None:
-            with torch.no_grad():
-                target = self.backbone(resize_images(content, scale), (self.content_tap,))[self.content_tap]
+            target = self._content_target(content, scale)
             content_term = self.content_weight * F.mse_loss(feats[self.content_tap].float(), target.float())
         return style, content_term
+
+    @torch.no_grad()
+    def _content_target(self, content: Tensor, scale: float) -> Tensor:
+        """Content-tap features of ``content`` ``[B, 3, H, W]`` at ``scale``; on the CPU memoised by the images' bytes.
+
+        While stylising, the content images are the frozen base's renders of the training views: the same few
+        images again every step, so on the CPU their features are computed once each (a forward pass saved per
+        step; hashing the bytes costs far less). On a GPU the forward is cheaper than copying the images to hash.
+        """
+        if content.device.type != "cpu":
+            return self.backbone(resize_images(content, scale), (self.content_tap,))[self.content_tap]
+        key = (scale, tuple(content.shape), hashlib.blake2b(content.detach().float().numpy().tobytes()).digest())
+        target = self._content_targets.pop(key, None)
+        if target is None:
+            target = self.backbone(resize_images(content, scale), (self.content_tap,))[self.content_tap]
+            self._content_bytes += target.nbytes
+        self._content_targets[key] = target  # (re)inserted last: the most recently used
+        while self._content_bytes > CONTENT_TARGETS_BYTES:
+            self._content_bytes -= self._content_targets.pop(next(iter(self._content_targets))).nbytes  # the LRU one
+        return target
 
     def forward(self, images: Tensor, step: int, content_images: Tensor | None = None) -> dict[str, Tensor]:
         """Loss terms for renders ``images`` ``[B, 3, H, W]`` in [0, 1].
