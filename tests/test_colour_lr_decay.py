@@ -38,8 +38,8 @@ def test_each_style_turn_restarts_the_decay(
     scene_dir: Path,
     base_checkpoint: Path,
     style_path: Path,
-    coffee_path: Path,
-    tmp_path: Path,  # noqa: F811
+    coffee_path: Path,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
 ) -> None:
     styles = (style_path, coffee_path)
     trainer = _trainer(_config(scene_dir, tmp_path, 2 * TURN, base_checkpoint, styles, colour_lr_decay=0.25))
