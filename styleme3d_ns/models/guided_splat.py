@@ -368,7 +368,7 @@ class GuidedSplatModel(SplatfactoModel):
         return 0 if self.loaded_base else self.config.reconstruct_steps
 
     def colour_lr_factor(self, step: int) -> float:
-        """Factor on the configured colour learning rates at `step` of the stylise phase (``colour_lr_decay``):
+        """Factor on the configured SH DC learning rate at `step` of the stylise phase (``colour_lr_decay``):
         ``decay ** t`` with ``t`` in [0, 1] the progress through the stylise steps, or through the current style's
         turn; 1 before the trainer's plan is known."""
         decay, end = self.config.colour_lr_decay, self._plan_end

@@ -4,7 +4,7 @@ numba compiles a kernel on its first call and caches the machine code on disk (`
 the first training step of a process waits about 13 s on 2 cores (docs/performance.md). ``scripts/install.sh`` runs
 ``python -m styleme3d_ns.render.warm_kernels``, which calls every kernel once, with the argument types a training
 run uses (float32 tensors, unpacked, SH colours, a depth channel, a backward pass, the colour map's weights), on a
-tiny random splat. Without numba (or on CUDA-only paths) there is nothing to compile and it says so.
+tiny random splat. Without numba there is nothing to compile, and it says so.
 """
 
 from __future__ import annotations
