@@ -12,7 +12,7 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from styleme3d_ns.method_configs.schedulers import FloatExponentialDecaySchedulerConfig
 
 from styleme3d_ns.data.dataparser import CheckedNerfstudioDataParserConfig
-from styleme3d_ns.trainer import StyleTrainerConfig
+from styleme3d_ns.engine.trainer import StyleTrainerConfig
 
 LOCAL_VIEWER_HOST = "127.0.0.1"
 """The viewer serves this machine only; `--viewer.websocket-host 0.0.0.0` opens it to the network on purpose."""
@@ -71,7 +71,7 @@ def splat_trainer(
     """A splatfacto-style TrainerConfig that runs on CPU as well as CUDA (default data: a checked nerfstudio scene).
 
     Our trainer checks inputs before writing anything, writes checkpoints atomically, saves on Ctrl-C and resumes
-    to the planned step (styleme3d_ns/trainer.py); the viewer listens on localhost only.
+    to the planned step (styleme3d_ns/engine/trainer.py); the viewer listens on localhost only.
     """
     return StyleTrainerConfig(
         method_name=method_name,

@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--offline-experts-only", action="store_true", help="skip DSSD/CSD/3DG-QA weight look-ups")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from styleme3d_ns.demo import style_image_file
+    from styleme3d_ns.apps.demo import style_image_file
 
     work = Path(tempfile.mkdtemp(prefix="bench_ply_stylise_"))
     try:

@@ -26,10 +26,10 @@ import pytest
 import torch
 from PIL import Image
 
-from styleme3d_ns.atomic import OutputWriteError, atomic_path, check_writable
-from styleme3d_ns.errors import UserInputError
+from styleme3d_ns.apps.runs import MARKER, DemoOutput
+from styleme3d_ns.core.atomic import OutputWriteError, atomic_path, check_writable
+from styleme3d_ns.core.errors import UserInputError
 from styleme3d_ns.models.checkpoint import DROP_NON_FINITE_FLAG, load_gaussians
-from styleme3d_ns.runs import MARKER, DemoOutput
 from tests.conftest import sha256
 
 BIN = Path(sys.executable).parent
@@ -288,7 +288,7 @@ def test_viewer_binds_localhost_in_every_method_and_in_styleme3d_viewer() -> Non
     from styleme3d_ns.method_configs.sas_portrait_config import sas_portrait
     from styleme3d_ns.method_configs.styleme3d_config import styleme3d
 
-    from styleme3d_ns.viewer import LocalRunViewer
+    from styleme3d_ns.apps.viewer import LocalRunViewer
 
     for spec in (styleme3d, clip_splat, sas_portrait):
         assert spec.config.viewer.websocket_host == "127.0.0.1"
@@ -366,7 +366,7 @@ def test_load_dir_finishes_the_planned_schedule(interrupted: tuple, scene_dir: P
 
 
 def test_resume_takes_the_newest_complete_checkpoint_and_refuses_a_truncated_one(tmp_path: Path) -> None:
-    from styleme3d_ns.trainer import StyleTrainer
+    from styleme3d_ns.engine.trainer import StyleTrainer
 
     models = tmp_path / "nerfstudio_models"
     models.mkdir()
@@ -398,13 +398,13 @@ def test_full_disk_stops_training_with_one_line_and_no_partial_checkpoint(scene_
 def test_export_on_a_full_disk_leaves_no_partial_ply(interrupted: tuple, tmp_path: Path) -> None:
     _, run_dir = interrupted
     with tmpfs(tmp_path / "disk", size="64k") as mounted:
-        proc = run("-m", "styleme3d_ns.export", "--load-config", str(run_dir / "config.yml"),
+        proc = run("-m", "styleme3d_ns.apps.export", "--load-config", str(run_dir / "config.yml"),
                    "--output-dir", str(tmp_path / "disk" / "export"),
                    limit_bytes=None if mounted else 64 << 10)  # fmt: skip
         assert proc.returncode == 1, proc.stderr[-3000:]
         one_line_error(proc.stderr, "cannot write", "splat.ply", "disk full" if mounted else "file too large")
         assert list((tmp_path / "disk").iterdir()) == []  # no splat.ply, no staging folder, not even export/
-    proc = run("-m", "styleme3d_ns.export", "--load-config", str(run_dir / "config.yml"),
+    proc = run("-m", "styleme3d_ns.apps.export", "--load-config", str(run_dir / "config.yml"),
                "--output-dir", str(tmp_path / "ok"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [p.name for p in (tmp_path / "ok").iterdir()] == ["splat.ply"]

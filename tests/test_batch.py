@@ -31,7 +31,7 @@ from styleme3d_ns.batch.grid import load_grid
 from styleme3d_ns.batch.jobs import JobResult, is_finished, plan_jobs
 from styleme3d_ns.batch.runner import RAY_MISSING, RayOptions, import_ray
 from styleme3d_ns.batch.worker import failure_reason, run_job
-from styleme3d_ns.errors import UserInputError
+from styleme3d_ns.core.errors import UserInputError
 from tests.conftest import run_trainer, styleme3d_config
 
 pytestmark = pytest.mark.cli

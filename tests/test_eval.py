@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from styleme3d_ns.atomic import write_json_atomic
+from styleme3d_ns.core.atomic import write_json_atomic
 from styleme3d_ns.eval.cli import EvalConfig, content_scores, evaluate, identity_scores, main
 from styleme3d_ns.eval.consistency import PinholeCamera, mean_defined, pair_errors, select_pairs, warp_to_view
 from styleme3d_ns.eval.image_metrics import ALEXNET_WEIGHTS, mean_saturation
@@ -280,7 +280,7 @@ def test_run_cost_without_memory_scalar_says_why(tmp_path: Path) -> None:
 
 
 def test_orbit_reproduces_a_turntable_and_refuses_forward_facing_captures() -> None:
-    from styleme3d_ns.errors import UserInputError
+    from styleme3d_ns.core.errors import UserInputError
 
     centre = np.array([0.3, -0.2, 0.1])
     azimuths = np.radians(np.arange(12) * 30.0 + 10.0)
@@ -441,7 +441,7 @@ def test_csd_scores_are_the_csd_similarity_of_each_view_to_the_style(monkeypatch
 def test_identity_summary_counts_faces_and_matches_dlib_on_the_astronaut() -> None:
     from skimage import data
 
-    from styleme3d_ns.faces import SAME_PERSON_DISTANCE, FaceIdentity
+    from styleme3d_ns.guidance.faces import SAME_PERSON_DISTANCE, FaceIdentity
 
     face = FaceIdentity()
     photo = data.astronaut()[::2, ::2]  # 256 px: her face is ~45 px, above the upsampled detector's ~40 px
@@ -468,7 +468,7 @@ def test_identity_summary_counts_faces_and_matches_dlib_on_the_astronaut() -> No
 
 def test_identity_without_face_models_is_null_with_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     import styleme3d_ns.eval.cli as cli
-    from styleme3d_ns.faces import INSTALL_HINT, MissingFaceModelsError
+    from styleme3d_ns.guidance.faces import INSTALL_HINT, MissingFaceModelsError
 
     def missing() -> None:
         raise MissingFaceModelsError(f"face identity needs dlib; run: {INSTALL_HINT}")

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from styleme3d_ns import faces as face_identity
-from styleme3d_ns.faces import (
+from styleme3d_ns.guidance.faces import (
     SAME_PERSON_DISTANCE,
     FaceIdentity,
     MissingFaceModelsError,

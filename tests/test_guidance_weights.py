@@ -9,7 +9,7 @@ import huggingface_hub
 import pytest
 import torch
 
-from styleme3d_ns.errors import UserInputError
+from styleme3d_ns.core.errors import UserInputError
 from styleme3d_ns.guidance.weights import MissingWeightsError, resolve_weights, select_device_dtype
 
 HINT = "pass --pipeline.model.weights PATH"

@@ -215,3 +215,31 @@ def test_a_config_yml_from_before_a_field_existed_loads_with_its_default(scene_d
     loaded = yaml.load(old, Loader=yaml.Loader)  # as nerfstudio's eval_setup reads config.yml
     model = loaded.pipeline.model
     assert model.offline_teacher == "auto" and model.look.strength == 1.0 and model.teacher.strength == 1.0
+
+
+FIXTURE_PRE_LIFECYCLE = Path(__file__).parent / "fixtures" / "styleme3d-palette-pre-lifecycle"
+"""A stylised styleme3d run written just before the palette/lifecycle refactor (300 Gaussians, SH 3): config.yml (its
+classes named by their 0.1.0 module paths, e.g. styleme3d_ns.trainer), the checkpoint of a two-style teacher palette
+and a look (style 1 at strength 0.5, blended a quarter to style 0), and what that code rendered and exported."""
+
+
+def test_a_run_written_before_the_lifecycle_refactor_loads_and_renders_the_same(scene_dir: Path) -> None:
+    import yaml
+    from nerfstudio.cameras.cameras import Cameras
+
+    config = yaml.load((FIXTURE_PRE_LIFECYCLE / "config.yml").read_text(), Loader=yaml.Loader)  # as eval_setup
+    config.data = config.pipeline.datamanager.data = scene_dir  # its scene folder is gone; cameras come from below
+    config.pipeline.datamanager.dataparser.data = scene_dir
+    pipeline = config.pipeline.setup(device="cpu", test_mode="inference")
+    state = torch.load(FIXTURE_PRE_LIFECYCLE / "step-000000000.ckpt", map_location="cpu", weights_only=False)
+    pipeline.load_pipeline(state["pipeline"], state["step"])
+    reference = torch.load(FIXTURE_PRE_LIFECYCLE / "reference.pt", weights_only=False)
+    model = pipeline.model.eval()
+    assert model.palette_labels() == reference["labels"] == ["coffee", "immunohistochemistry"]
+    camera = Cameras(**reference["camera"])
+    with torch.no_grad():
+        outputs = model.get_outputs_for_camera(camera)
+    torch.testing.assert_close(outputs["rgb"], reference["rgb"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(outputs["content_rgb"], reference["content_rgb"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(model.shs_0, reference["shs_0"], atol=0, rtol=0)
+    torch.testing.assert_close(model.shs_rest, reference["shs_rest"], atol=0, rtol=0)

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from styleme3d_ns.errors import UserInputError
+from styleme3d_ns.core.errors import UserInputError
 from styleme3d_ns.models.look import LookConfig, apply_look, apply_look_sh, check_look, region_mask, styles_used
 from styleme3d_ns.render.sh import SH_C0, sh_colors
 

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from plyfile import PlyData, PlyElement
 
+from styleme3d_ns.core.errors import UserInputError
 from styleme3d_ns.data.ply_scene import (
     OrbitRig,
     PlySceneDataParserConfig,
@@ -25,7 +26,6 @@ from styleme3d_ns.data.ply_scene import (
     read_splat_ply,
     render_rgba,
 )
-from styleme3d_ns.errors import UserInputError
 from styleme3d_ns.render.camera import viewmat_from_c2w
 from styleme3d_ns.render.sh import SH_C0
 

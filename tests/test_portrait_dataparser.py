@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from styleme3d_ns.core.errors import UserInputError
 from styleme3d_ns.data.portrait import (
     CAMERA_RADIUS,
     FOV_Y_DEG,
@@ -23,7 +24,6 @@ from styleme3d_ns.data.portrait import (
     orbit_cameras,
     turntable_cameras,
 )
-from styleme3d_ns.errors import UserInputError
 
 SIZE = 64
 

@@ -149,7 +149,7 @@ def test_missing_diffusion_weights_are_skipped_with_a_reason_or_stop_the_run(
 
 
 def test_a_face_embedding_file_must_hold_512_values(tmp_path: Path) -> None:
-    from styleme3d_ns.errors import UserInputError
+    from styleme3d_ns.core.errors import UserInputError
     from styleme3d_ns.guidance.arcface import read_face_embedding
 
     good, bad = tmp_path / "good.npy", tmp_path / "bad.npy"

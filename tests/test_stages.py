@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from styleme3d_ns.stages import latest_step, run_logged
+from styleme3d_ns.apps.stages import latest_step, run_logged
 
 FAKE_STAGE = """
 import sys

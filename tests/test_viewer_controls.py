@@ -12,7 +12,7 @@ import torch
 import viser
 from nerfstudio.data.scene_box import OrientedBox
 
-from styleme3d_ns.errors import UserInputError
+from styleme3d_ns.core.errors import UserInputError
 from styleme3d_ns.models.look import LookConfig
 from styleme3d_ns.models.viewer_controls import NO_BLEND, LookControls, unique_names
 

@@ -25,7 +25,7 @@ from styleme3d_ns.batch.grid import Grid, load_grid
 from styleme3d_ns.batch.jobs import Job, JobResult, is_finished, plan_jobs
 from styleme3d_ns.batch.results import write_results
 from styleme3d_ns.batch.runner import RayOptions, run_on_ray
-from styleme3d_ns.errors import UserInputError, exit_on_user_error
+from styleme3d_ns.core.errors import UserInputError, exit_on_user_error
 
 CONSOLE = Console()
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from styleme3d_ns.atomic import atomic_path
 from styleme3d_ns.batch.grid import Grid, Style
 from styleme3d_ns.batch.jobs import Job, JobResult
+from styleme3d_ns.core.atomic import atomic_path
 
 TILE_HEIGHT = 160
 """Height of every tile in pixels (renders are scaled up or down to it, aspect kept)."""

@@ -30,7 +30,7 @@ import yaml
 
 from styleme3d_ns.batch.methods import BATCH_METHODS
 from styleme3d_ns.batch.run_config import run_config_file, run_data_path
-from styleme3d_ns.errors import UserInputError
+from styleme3d_ns.core.errors import UserInputError
 
 GRID_KEYS = ("output_dir", "steps", "reconstruct_steps", "scenes", "styles", "methods", "train_options", "eval_options")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")

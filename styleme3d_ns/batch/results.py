@@ -15,8 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from styleme3d_ns.atomic import write_text_atomic
 from styleme3d_ns.batch.jobs import Job, JobResult
+from styleme3d_ns.core.atomic import write_text_atomic
 
 METRIC_SECTIONS = ("content", "style", "consistency", "cost")
 JOB_COLUMNS = ["scene", "style", "method", "status", "reason", "seconds", "node", "run_dir"]

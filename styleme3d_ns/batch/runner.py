@@ -16,7 +16,7 @@ from typing import Any
 
 from styleme3d_ns.batch.jobs import Job, JobResult
 from styleme3d_ns.batch.worker import run_job
-from styleme3d_ns.errors import UserInputError
+from styleme3d_ns.core.errors import UserInputError
 
 RAY_MISSING = "Ray is not installed, and styleme3d-batch runs its jobs on Ray: pip install -e .[batch]"
 

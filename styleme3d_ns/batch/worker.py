@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from styleme3d_ns.atomic import write_text_atomic
 from styleme3d_ns.batch.jobs import Job, JobResult, is_trained, read_marker
+from styleme3d_ns.core.atomic import write_text_atomic
 
 _ERROR_LINE = re.compile(r"(error:|Error\b|Exception\b|Killed|out of memory)", re.IGNORECASE)
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

@@ -17,8 +17,8 @@ import numpy as np
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio, NerfstudioDataParserConfig
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
+from styleme3d_ns.core.errors import UserInputError, exit_on_user_error
 from styleme3d_ns.data.ply_scene import PlySceneDataParserConfig, find_splat_ply
-from styleme3d_ns.errors import UserInputError, exit_on_user_error
 
 
 def check_nerfstudio_layout(data: Path) -> Path:

@@ -37,8 +37,8 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from PIL import Image
 from torch import Tensor
 
+from styleme3d_ns.core.errors import UserInputError, exit_on_user_error
 from styleme3d_ns.data.portrait import portrait_cameras as square_cameras
-from styleme3d_ns.errors import UserInputError, exit_on_user_error
 from styleme3d_ns.render import rasterize
 from styleme3d_ns.render.camera import orbit_poses, viewmat_from_c2w
 

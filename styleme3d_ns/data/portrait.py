@@ -40,8 +40,8 @@ from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from styleme3d_ns.core.errors import UserInputError, exit_on_user_error
 from styleme3d_ns.data.head_template import HEAD_CENTRE, NUM_TEMPLATE_POINTS, sample_head_template
-from styleme3d_ns.errors import UserInputError, exit_on_user_error
 from styleme3d_ns.render import camera
 
 FOV_Y_DEG = 49.1
@@ -263,7 +263,7 @@ def align_to_face(image: Image.Image, fov_deg: float, radius: float) -> Image.Im
     """The square face-aligned crop of `image` (padded with white where it leaves the photo), or None without a
     detectable face or without the face models (then the caller centre-crops)."""
     try:
-        from styleme3d_ns.faces import FaceIdentity
+        from styleme3d_ns.guidance.faces import FaceIdentity
 
         faces = FaceIdentity()
     except Exception:  # noqa: BLE001 - face models are optional here: no alignment, one warning

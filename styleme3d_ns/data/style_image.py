@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from styleme3d_ns.errors import UserInputError
+from styleme3d_ns.core.errors import UserInputError
 
 # 8-bit modes whose conversion to RGB is lossless up to dropping alpha.
 _RGB_MODES = {"RGB"}

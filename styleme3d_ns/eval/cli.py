@@ -17,8 +17,8 @@ import torch
 import tyro
 from torch import Tensor
 
-from styleme3d_ns.atomic import atomic_path, check_writable, new_folders, write_json_atomic
-from styleme3d_ns.errors import UserInputError, exit_on_user_error
+from styleme3d_ns.core.atomic import atomic_path, check_writable, new_folders, write_json_atomic
+from styleme3d_ns.core.errors import UserInputError, exit_on_user_error
 from styleme3d_ns.eval.consistency import (
     DEFAULT_DEPTH_TOLERANCE,
     PairError,
@@ -42,8 +42,8 @@ from styleme3d_ns.eval.style_metrics import (
     learned_style_scores,
     no_style_scores,
 )
-from styleme3d_ns.faces import FaceIdentity, MissingFaceModelsError
 from styleme3d_ns.guidance.csd import CSD_REPO
+from styleme3d_ns.guidance.faces import FaceIdentity, MissingFaceModelsError
 from styleme3d_ns.models.clip_splat import prompt_shown
 from styleme3d_ns.models.style_reference import style_paths
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from styleme3d_ns.errors import UserInputError
+from styleme3d_ns.core.errors import UserInputError
 from styleme3d_ns.render import camera
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from styleme3d_ns.atomic import atomic_path
+from styleme3d_ns.core.atomic import atomic_path
 
 
 def to_uint8(image: Tensor) -> np.ndarray:

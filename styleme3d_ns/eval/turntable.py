@@ -22,7 +22,7 @@ import torch
 import tyro
 from torch import Tensor
 
-from styleme3d_ns.errors import UserInputError, exit_on_user_error
+from styleme3d_ns.core.errors import UserInputError, exit_on_user_error
 
 TURNTABLE_VIEWS = 120
 """Paper 001 IV.C: 120 renders around the circle."""
@@ -88,7 +88,7 @@ def turntable_for_run(config_path: Path, views: int, seconds: float) -> dict[str
 
 def main(config: TurntableConfig) -> Path:
     """Write the camera path (atomically) and, with ``--video``, render it with ns-render; returns the JSON path."""
-    from styleme3d_ns.atomic import write_json_atomic
+    from styleme3d_ns.core.atomic import write_json_atomic
 
     if config.views < 2:
         raise UserInputError(f"--views {config.views}: a turntable needs at least 2 views")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from styleme3d_ns.errors import UserInputError
+from styleme3d_ns.core.errors import UserInputError
 from styleme3d_ns.guidance.weights import MissingWeightsError
 
 ARCFACE_DIM = 512

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from styleme3d_ns.config_defaults import DefaultsOnLoad
+from styleme3d_ns.core.config_defaults import DefaultsOnLoad
 
 
 @dataclass

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from styleme3d_ns.core.safe_load import load_data_only
 from styleme3d_ns.guidance.base import Guidance, GuidanceConfig
 from styleme3d_ns.guidance.weights import MissingWeightsError, resolve_weights, select_device_dtype
-from styleme3d_ns.safe_load import load_data_only
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 """OpenAI CLIP's per-channel input mean (CSD and the IP-Adapter image encoder were trained with it)."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from styleme3d_ns.config_defaults import DefaultsOnLoad
+from styleme3d_ns.core.config_defaults import DefaultsOnLoad
 from styleme3d_ns.guidance.colour_transfer import apply_colour_transfer_to_sh, fit_colour_transfer
 from styleme3d_ns.guidance.disparity import harmonise_targets, neighbour_pairs
 from styleme3d_ns.guidance.magenta import MagentaStyleNetworks, luma

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from styleme3d_ns.errors import MissingWeightsError
+from styleme3d_ns.core.errors import MissingWeightsError
 
 # `owner/name` or a bare `name`, as the Hub spells repo ids. A string that also exists as a local path wins.
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from styleme3d_ns.errors import UserInputError
-from styleme3d_ns.safe_load import load_data_only
+from styleme3d_ns.core.errors import UserInputError
+from styleme3d_ns.core.safe_load import load_data_only
 
 GAUSSIAN_KEYS = ("means", "scales", "quats", "features_dc", "features_rest", "opacities")
 # trailing shape of each per-Gaussian tensor (features_rest's band count depends on the SH degree)

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from styleme3d_ns.errors import UserInputError
+from styleme3d_ns.core.errors import UserInputError
 from styleme3d_ns.guidance.clip_text import ClipTextGuidance, ClipTextGuidanceConfig
 from styleme3d_ns.guidance.perceptual_content import PerceptualContentConfig, PerceptualContentLoss
 from styleme3d_ns.guidance.quality_prior import QualityPrior, QualityPriorConfig

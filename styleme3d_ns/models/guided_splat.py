@@ -43,9 +43,9 @@ from pytorch_msssim import SSIM
 from torch import Tensor
 from torch.nn import Parameter
 
-from styleme3d_ns.config_defaults import DefaultsOnLoad
+from styleme3d_ns.core.config_defaults import DefaultsOnLoad
+from styleme3d_ns.core.errors import UserInputError, exit_on_user_error
 from styleme3d_ns.data.ply_scene import base_splat_for_model
-from styleme3d_ns.errors import UserInputError, exit_on_user_error
 from styleme3d_ns.guidance.photometric import PhotometricConfig, PhotometricL1
 from styleme3d_ns.guidance.weights import MissingWeightsError
 from styleme3d_ns.models.checkpoint import GAUSSIAN_KEYS, load_gaussians

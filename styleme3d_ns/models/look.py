@@ -29,8 +29,8 @@ from nerfstudio.configs.base_config import PrintableConfig
 from nerfstudio.data.scene_box import OrientedBox
 from torch import Tensor
 
-from styleme3d_ns.config_defaults import DefaultsOnLoad
-from styleme3d_ns.errors import UserInputError
+from styleme3d_ns.core.config_defaults import DefaultsOnLoad
+from styleme3d_ns.core.errors import UserInputError
 
 ColourPreservation = Literal["off", "base-colour", "style-colour"]
 Region = Literal["all", "inside", "outside"]

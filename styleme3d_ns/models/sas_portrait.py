@@ -35,11 +35,11 @@ from nerfstudio.cameras.cameras import Cameras
 from PIL import Image
 from torch import Tensor
 
+from styleme3d_ns.core.errors import UserInputError
 from styleme3d_ns.data.head_template import init_gaussians
 from styleme3d_ns.data.portrait import PortraitRig, orbit_cameras, orbit_poses, portrait_cameras
-from styleme3d_ns.errors import UserInputError
-from styleme3d_ns.faces import FaceIdentity, landmark_image
 from styleme3d_ns.guidance.arcface import load_face_embedding
+from styleme3d_ns.guidance.faces import FaceIdentity, landmark_image
 from styleme3d_ns.guidance.gram import GramStyleLossConfig
 from styleme3d_ns.guidance.magenta import MagentaStyleNetworks
 from styleme3d_ns.guidance.mvdream import MultiViewSDS, MVDreamSDSConfig

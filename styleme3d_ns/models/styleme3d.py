@@ -28,8 +28,8 @@ import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
+from styleme3d_ns.core.errors import UserInputError
 from styleme3d_ns.data.style_image import StyleImageError, load_style_image
-from styleme3d_ns.errors import UserInputError
 from styleme3d_ns.guidance.backbones import FeatureBackbone, build_backbone
 from styleme3d_ns.guidance.base import Guidance
 from styleme3d_ns.guidance.colour_transfer import SH_C0, apply_colour_transfer_to_sh, fit_colour_transfer

@@ -33,7 +33,7 @@ from nerfstudio.viewer.viewer_elements import (
 )
 from viser import ViserServer
 
-from styleme3d_ns.errors import UserInputError
+from styleme3d_ns.core.errors import UserInputError
 from styleme3d_ns.models.look import COLOUR_PRESERVATION, REGIONS, LookConfig
 
 NO_BLEND = "none"

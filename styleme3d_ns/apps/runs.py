@@ -14,15 +14,15 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from styleme3d_ns.atomic import write_text_atomic
-from styleme3d_ns.errors import UserInputError
-from styleme3d_ns.stages import run_logged
+from styleme3d_ns.apps.stages import run_logged
+from styleme3d_ns.core.atomic import write_text_atomic
+from styleme3d_ns.core.errors import UserInputError
 
 MARKER = ".styleme3d-demo"
 """File a demo writes into an output folder it made; a non-empty folder without it is never replaced silently."""
 
 
-EXPORT = [sys.executable, "-m", "styleme3d_ns.export"]
+EXPORT = [sys.executable, "-m", "styleme3d_ns.apps.export"]
 """`styleme3d-export` (ns-export gaussian-splat, written atomically), run as a module: works before a reinstall."""
 
 

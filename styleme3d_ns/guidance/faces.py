@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from styleme3d_ns.errors import MissingWeightsError
+from styleme3d_ns.core.errors import MissingWeightsError
 
 INSTALL_HINT = "pip install dlib-bin face-recognition-models"
 SAME_PERSON_DISTANCE = 0.6

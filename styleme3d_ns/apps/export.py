@@ -19,8 +19,8 @@ from pathlib import Path
 import tyro
 from nerfstudio.scripts.exporter import ExportGaussianSplat
 
-from styleme3d_ns.atomic import atomic_path, check_writable, new_folders
-from styleme3d_ns.errors import exit_on_user_error
+from styleme3d_ns.core.atomic import atomic_path, check_writable, new_folders
+from styleme3d_ns.core.errors import exit_on_user_error
 
 PROG = "styleme3d-export"
 

@@ -31,8 +31,8 @@ from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from styleme3d_ns.atomic import atomic_path, new_folders, write_text_atomic
-from styleme3d_ns.errors import UserInputError, exit_on_user_error
+from styleme3d_ns.core.atomic import atomic_path, new_folders, write_text_atomic
+from styleme3d_ns.core.errors import UserInputError, exit_on_user_error
 
 INTERRUPTED_STATUS = 130
 """Exit status after Ctrl-C (128 + SIGINT), as shells report an interrupted command."""

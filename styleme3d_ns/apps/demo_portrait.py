@@ -14,8 +14,8 @@ from pathlib import Path
 
 import tyro
 
-from styleme3d_ns.errors import UserInputError, exit_on_user_error
-from styleme3d_ns.runs import EXPORT, DemoOutput, console_script, run_stage
+from styleme3d_ns.apps.runs import EXPORT, DemoOutput, console_script, run_stage
+from styleme3d_ns.core.errors import UserInputError, exit_on_user_error
 
 PROG = "styleme3d-demo-portrait"
 # What the demo writes into --output-dir: the only entries of that folder it ever replaces.

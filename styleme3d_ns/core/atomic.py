@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from styleme3d_ns.errors import UserInputError
+from styleme3d_ns.core.errors import UserInputError
 
 # errno -> the cause a user can act on
 _CAUSES = {

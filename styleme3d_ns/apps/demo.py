@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import tyro
 
+from styleme3d_ns.apps.runs import EXPORT, DemoOutput, console_script, run_stage
+from styleme3d_ns.core.errors import UserInputError, exit_on_user_error
 from styleme3d_ns.data.scene_builder import build_scene
-from styleme3d_ns.errors import UserInputError, exit_on_user_error
-from styleme3d_ns.runs import EXPORT, DemoOutput, console_script, run_stage
 
 # What the demo writes into --output-dir: the only entries of that folder it ever replaces.
 OUTPUTS = ("scene", "runs", "export", "style_*.png", "log_*.txt", "turntable.mp4", "metrics.json", "before_after.png")

@@ -1,0 +1,1 @@
+"""The command-line programs: the demos and their stages, export, the local viewer."""

@@ -1,0 +1,1 @@
+"""nerfstudio's training engine with our promises kept (the trainer)."""
