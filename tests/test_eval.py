@@ -17,7 +17,7 @@ from styleme3d_ns.core.atomic import write_json_atomic
 from styleme3d_ns.eval.cli import EvalConfig, content_scores, evaluate, identity_scores, main
 from styleme3d_ns.eval.consistency import PinholeCamera, mean_defined, pair_errors, select_pairs, warp_to_view
 from styleme3d_ns.eval.image_metrics import ALEXNET_WEIGHTS, mean_saturation
-from styleme3d_ns.eval.orbit import orbit_poses
+from styleme3d_ns.eval.orbit import orbit_around
 from styleme3d_ns.eval.render import RenderedViews
 from styleme3d_ns.eval.run_logs import read_run_cost
 from styleme3d_ns.guidance.csd import CSD_REPO
@@ -288,7 +288,7 @@ def test_orbit_reproduces_a_turntable_and_refuses_forward_facing_captures() -> N
     offsets = 2.5 * np.stack([np.cos(elevation) * np.cos(azimuths), np.cos(elevation) * np.sin(azimuths),
                               np.full(12, np.sin(elevation))], axis=-1)  # fmt: skip
     c2ws = torch.from_numpy(np.stack([look_at(centre + o, centre) for o in offsets]))
-    poses = orbit_poses(c2ws, 24)
+    poses = orbit_around(c2ws, 24)
     assert poses.shape == (24, 3, 4)
     torch.testing.assert_close(poses[::2], c2ws, atol=1e-6, rtol=0)  # every 30 degrees: the input cameras
     to_centre = torch.from_numpy(centre) - poses[:, :, 3]
@@ -298,7 +298,7 @@ def test_orbit_reproduces_a_turntable_and_refuses_forward_facing_captures() -> N
 
     parallel = torch.from_numpy(np.stack([look_at([x, 0.0, 2.0], [x, 0.0, 0.0], up=(0, 1, 0)) for x in range(5)]))
     with pytest.raises(UserInputError, match="common point"):
-        orbit_poses(parallel, 8)
+        orbit_around(parallel, 8)
 
 
 def test_json_is_written_atomically_and_nan_is_refused(tmp_path: Path) -> None:

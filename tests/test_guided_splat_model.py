@@ -67,7 +67,7 @@ def test_colour_fast_path_equals_rasterising(stylised_run: Path) -> None:
     camera, _ = pipeline.datamanager.next_train(0)
     model.config.colour_fast_path = True
     fast, alpha_fast, _ = model.render_colours(camera, model.features_dc, model.features_rest)
-    assert model._use_fast_path(camera)
+    assert model.renderer.uses_colour_map(camera)
     model.config.colour_fast_path = False
     slow, alpha_slow, _ = model.render_colours(camera, model.features_dc, model.features_rest)
     torch.testing.assert_close(fast, slow, atol=1e-6, rtol=0)

@@ -27,7 +27,7 @@ from styleme3d_ns.guidance.mvdream import (
     build_multiview_unet,
     camera_condition,
     load_multiview_unet,
-    orbit_cameras,
+    mvdream_poses,
 )
 from styleme3d_ns.guidance.weights import MissingWeightsError
 from tests.tiny_models import TINY_RESOLUTION, TINY_TEXT_DIM, tiny_sd_components
@@ -181,7 +181,7 @@ def _inputs(views: int = 4, seed: int = 0):  # noqa: ANN202
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(views, 4, 8, 8, generator=gen)
     text = torch.randn(1, 6, TINY_TEXT_DIM, generator=gen).expand(views, -1, -1)
-    camera = camera_condition(orbit_cameras(views))
+    camera = camera_condition(mvdream_poses(views))
     return x, torch.full((views,), 500), text, camera
 
 
@@ -226,7 +226,7 @@ def test_3d_attention_couples_views_of_one_object_only() -> None:
 def test_camera_embedding_is_added_through_the_class_embedding_only() -> None:
     unet = randomised(tiny_multiview_unet())
     x, t, text, camera = _inputs()
-    other = camera_condition(orbit_cameras(4, elevation_deg=40.0, azimuth_start_deg=45.0))
+    other = camera_condition(mvdream_poses(4, elevation_deg=40.0, azimuth_start_deg=45.0))
     assert (_eps(unet, x, t, text, camera, 4) - _eps(unet, x, t, text, other, 4)).abs().max() > 1e-4
     unet.class_embedding.linear_2.weight.zero_()
     unet.class_embedding.linear_2.bias.zero_()
@@ -234,7 +234,7 @@ def test_camera_embedding_is_added_through_the_class_embedding_only() -> None:
 
 
 def test_orbit_cameras_are_four_equally_spaced_views_looking_at_the_origin() -> None:
-    c2w = orbit_cameras(4, elevation_deg=15.0, radius=2.0).double()
+    c2w = mvdream_poses(4, elevation_deg=15.0, radius=2.0).double()
     rot, eye = c2w[:, :3, :3], c2w[:, :3, 3]
     torch.testing.assert_close(rot.transpose(1, 2) @ rot, torch.eye(3, dtype=torch.float64).expand(4, 3, 3))
     torch.testing.assert_close(torch.linalg.det(rot), torch.ones(4, dtype=torch.float64))
@@ -246,11 +246,11 @@ def test_orbit_cameras_are_four_equally_spaced_views_looking_at_the_origin() -> 
     torch.testing.assert_close(gaps, torch.full((4,), math.pi / 2, dtype=torch.float64))
     s, c = math.sin(math.radians(15)), math.cos(math.radians(15))
     front = torch.tensor([[1, 0, 0, 0], [0, s, -c, -c], [0, c, s, s], [0, 0, 0, 1]], dtype=torch.float64)
-    torch.testing.assert_close(orbit_cameras(1, elevation_deg=15.0)[0].double(), front, atol=1e-6, rtol=0)
+    torch.testing.assert_close(mvdream_poses(1, elevation_deg=15.0)[0].double(), front, atol=1e-6, rtol=0)
 
 
 def test_camera_condition_keeps_only_the_direction_of_the_camera() -> None:
-    near, far = orbit_cameras(4, radius=1.0), orbit_cameras(4, radius=3.5)
+    near, far = mvdream_poses(4, radius=1.0), mvdream_poses(4, radius=3.5)
     torch.testing.assert_close(camera_condition(near), camera_condition(far))
     torch.testing.assert_close(camera_condition(far[:, :3, :]), camera_condition(far))
     assert camera_condition(near).shape == (4, 16)
@@ -273,7 +273,7 @@ def test_sds_gradient_is_weighted_cfg_noise_residual_of_the_joint_views() -> Non
     gen = torch.Generator().manual_seed(1)
     latents = torch.randn(4, 4, 8, 8, generator=gen).requires_grad_(True)
     noise = torch.randn(4, 4, 8, 8, generator=gen)
-    c2w, t = orbit_cameras(4), torch.tensor([600])
+    c2w, t = mvdream_poses(4), torch.tensor([600])
 
     out = guidance.latent_loss(latents, c2w, t=t, noise=noise)
     (grad,) = torch.autograd.grad(out["loss"], latents)
@@ -295,7 +295,7 @@ def test_sds_gradient_is_weighted_cfg_noise_residual_of_the_joint_views() -> Non
 def test_forward_encodes_renders_shares_one_timestep_per_object_and_needs_cameras() -> None:
     guidance = tiny_mvdream()
     images = torch.rand(8, 3, 48, 48, requires_grad=True)  # 2 objects x 4 views, resized to 64 px inside
-    c2w = torch.cat([orbit_cameras(4), orbit_cameras(4, azimuth_start_deg=30.0)])
+    c2w = torch.cat([mvdream_poses(4), mvdream_poses(4, azimuth_start_deg=30.0)])
     out = guidance(images, step=1500, c2w=c2w)
     assert out["t"].shape == (2,) and (out["t"] <= 500).all()  # U(0.02, 0.5) T after step 1000
     out["loss"].backward()

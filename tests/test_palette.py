@@ -87,7 +87,7 @@ def test_an_entry_added_while_the_panel_is_up_is_listed_without_the_viewers_lock
     nerfstudio's rewired hook of the panel takes: the panel must list the entry without calling that hook itself."""
     pipeline, _, _ = stylised
     model = pipeline.model
-    model.look_controls.install(server)
+    model.palette.controls.install(server)
     trainer_lock, acquired = threading.Lock(), []
 
     def rewired_hook(_) -> None:  # noqa: ANN001 - as nerfstudio's Viewer wraps it: under the trainer's lock
@@ -95,9 +95,9 @@ def test_an_entry_added_while_the_panel_is_up_is_listed_without_the_viewers_lock
         if acquired[-1]:
             trainer_lock.release()
 
-    model.look_controls.cb_hook = rewired_hook
+    model.palette.controls.cb_hook = rewired_hook
     with trainer_lock:  # a training step
-        names = model.add_palette_entry(*second_style(model.features_dc, model.features_rest), "second")
-    assert names[-1] == "second" and model.look_controls.style.gui_handle.options == tuple(names)
+        names = model.palette.add(*second_style(model.features_dc, model.features_rest), "second")
+    assert names[-1] == "second" and model.palette.controls.style.gui_handle.options == tuple(names)
     _wait_for(lambda: bool(acquired))  # the re-render request comes from viser's worker thread, after the step
     assert all(acquired)

@@ -21,7 +21,7 @@ from styleme3d_ns.data.portrait import (
     PortraitRig,
     front_camera,
     load_portrait,
-    orbit_cameras,
+    random_views,
     turntable_cameras,
 )
 
@@ -150,7 +150,7 @@ def test_a_tiny_image_size_is_refused(photo: Path, tmp_path: Path) -> None:
 
 
 def test_random_orbit_cameras_look_at_the_head_from_the_stated_sphere() -> None:
-    cameras = orbit_cameras(64, (-20.0, 35.0), 2.5, image_size=SIZE, generator=torch.Generator().manual_seed(0))
+    cameras = random_views(64, (-20.0, 35.0), 2.5, image_size=SIZE, generator=torch.Generator().manual_seed(0))
     c2w = cameras.camera_to_worlds
     eyes = c2w[:, :3, 3]
     assert cameras.shape == (64,)
@@ -180,7 +180,7 @@ def test_turntable_has_120_evenly_spaced_views_starting_at_the_front() -> None:
 
 def test_orbit_rejects_elevations_at_the_poles() -> None:
     with pytest.raises(ValueError, match="elevation"):
-        orbit_cameras(2, (0.0, 90.0))
+        random_views(2, (0.0, 90.0))
 
 
 # ------------------------------------------------------------------------------------------------ nerfstudio

@@ -91,8 +91,8 @@ def tiny_diffusion_terms(monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.test_mvdream import tiny_mvdream
     from tests.test_sas import make_sas
 
-    monkeypatch.setattr(SASPortraitModel, "_build_sas", lambda self: make_sas(identity=False))
-    monkeypatch.setattr(SASPortraitModel, "_build_mvdream", lambda self: tiny_mvdream())
+    monkeypatch.setattr(SASPortraitModel, "_build_sas", lambda self, config: make_sas(identity=False))
+    monkeypatch.setattr(SASPortraitModel, "_build_mvdream", lambda self, config: tiny_mvdream())
 
 
 def test_sas_and_mvdream_terms_compose_and_reach_the_geometry(

@@ -121,8 +121,8 @@ def test_seed_points_project_onto_rendered_surface(scene_dir: Path, outputs: dic
     assert np.median(best_colour_err) < 0.06
 
 
-def test_orbit_cameras_look_at_target() -> None:
-    c2ws = sb.orbit_cameras(12, radius=2.0, elevations_deg=(30.0,), target=(0.1, 0.0, 0.2))
+def test_capture_poses_look_at_target() -> None:
+    c2ws = sb.capture_poses(12, radius=2.0, elevations_deg=(30.0,), target=(0.1, 0.0, 0.2))
     rot = c2ws[:, :3, :3]
     assert np.allclose(rot.transpose(0, 2, 1) @ rot, np.eye(3), atol=1e-12)
     assert np.allclose(np.linalg.det(rot), 1.0)

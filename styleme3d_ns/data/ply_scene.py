@@ -38,9 +38,8 @@ from PIL import Image
 from torch import Tensor
 
 from styleme3d_ns.core.errors import UserInputError, exit_on_user_error
-from styleme3d_ns.data.portrait import portrait_cameras as square_cameras
 from styleme3d_ns.render import rasterize
-from styleme3d_ns.render.camera import orbit_poses, viewmat_from_c2w
+from styleme3d_ns.render.camera import orbit_cameras, viewmat_from_c2w
 
 UpAxis = Literal["auto", "+x", "-x", "+y", "-y", "+z", "-z"]
 UP_AXES: dict[str, tuple[float, float, float]] = {
@@ -220,8 +219,9 @@ class OrbitRig:
 
     def cameras(self, azimuth_deg: Tensor, elevation_deg: Tensor) -> Cameras:
         """Square pinhole `Cameras [V]` at these `[V]` azimuths/elevations (degrees) around :attr:`up`."""
-        c2w = orbit_poses(azimuth_deg, elevation_deg, self.distance, self.centre, self.up)
-        return square_cameras(c2w, self.image_size, self.fov_deg)
+        return orbit_cameras(
+            azimuth_deg, elevation_deg, self.distance, self.image_size, self.fov_deg, target=self.centre, up=self.up
+        )
 
 
 def orbit_views(num_views: int, elevations_deg: tuple[float, ...], eval_views: int) -> dict[str, tuple[Tensor, Tensor]]:

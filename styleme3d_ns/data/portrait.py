@@ -2,7 +2,7 @@
 
 `ns-train sas-portrait --data portrait.jpg` trains from one photo (paper 001): this parser turns the photo into a
 square image seen by a front camera, and hands the model the head template (paper 001 sec. IV.A.1) as seed points.
-Every other view is generated: :func:`orbit_cameras` draws random training views around the head and
+Every other view is generated: :func:`random_views` draws random training views around the head and
 :func:`turntable_cameras` gives the 120-view circle paper 001 scores (sec. IV.C, Table 1).
 
 Assumptions (the frame is :mod:`styleme3d_ns.data.head_template`'s: +y up, face toward +z, head centred on the
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from nerfstudio.cameras.cameras import Cameras, CameraType
+from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
@@ -64,6 +64,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # --------------------------------------------------------------------------------------------------------------------
 
 
+HEAD_FRAME = {"target": HEAD_CENTRE, "up": WORLD_UP, "azimuth_zero": (0.0, 0.0, 1.0)}
+"""The template's orbit frame (:func:`~styleme3d_ns.render.camera.orbit_poses`' arguments): around the head's centre,
++y up, azimuth 0 on +z (the photo's camera), 90 on +x (the subject's left)."""
+
+
 def orbit_poses(
     azimuth_deg: Tensor,
     elevation_deg: Tensor,
@@ -78,32 +83,15 @@ def orbit_poses(
         radius: distance to the target.
         target: the point looked at (the head's centre).
     """
-    return camera.orbit_poses(azimuth_deg, elevation_deg, radius, target, up=WORLD_UP, azimuth_zero=(0.0, 0.0, 1.0))
-
-
-def portrait_cameras(c2w: Tensor, image_size: int, fov_deg: float = FOV_Y_DEG) -> Cameras:
-    """Square pinhole nerfstudio `Cameras [N]` for poses `[N, 3, 4]`: `image_size` pixels, `fov_deg` field of view."""
-    n = c2w.shape[0]
-    focal = 0.5 * image_size / math.tan(math.radians(fov_deg) / 2.0)
-    full = lambda value: torch.full((n, 1), float(value))
-    return Cameras(
-        camera_to_worlds=c2w.float(),
-        fx=full(focal),
-        fy=full(focal),
-        cx=full(image_size / 2.0),
-        cy=full(image_size / 2.0),
-        width=torch.full((n, 1), image_size, dtype=torch.long),
-        height=torch.full((n, 1), image_size, dtype=torch.long),
-        camera_type=CameraType.PERSPECTIVE,
-    )
+    return camera.orbit_poses(azimuth_deg, elevation_deg, radius, **{**HEAD_FRAME, "target": target})
 
 
 def front_camera(image_size: int = 512, fov_deg: float = FOV_Y_DEG, radius: float = CAMERA_RADIUS) -> Cameras:
     """`Cameras [1]`: the photo's camera, on +z at `radius` from the head's centre, looking at it (no rotation)."""
-    return portrait_cameras(orbit_poses(torch.zeros(1), torch.zeros(1), radius), image_size, fov_deg)
+    return camera.orbit_cameras(torch.zeros(1), torch.zeros(1), radius, image_size, fov_deg, **HEAD_FRAME)
 
 
-def orbit_cameras(
+def random_views(
     n: int,
     elevation_range_deg: tuple[float, float] = ELEVATION_RANGE_DEG,
     radius: float = CAMERA_RADIUS,
@@ -123,7 +111,7 @@ def orbit_cameras(
     lo_az, hi_az = azimuth_range_deg
     azimuth = lo_az + (hi_az - lo_az) * torch.rand(n, generator=generator)
     elevation = lo_el + (hi_el - lo_el) * torch.rand(n, generator=generator)
-    return portrait_cameras(orbit_poses(azimuth, elevation, radius), image_size, fov_deg)
+    return camera.orbit_cameras(azimuth, elevation, radius, image_size, fov_deg, **HEAD_FRAME)
 
 
 def turntable_cameras(
@@ -135,8 +123,9 @@ def turntable_cameras(
     fov_deg: float = FOV_Y_DEG,
 ) -> Cameras:
     """`Cameras [n]` evenly spaced in azimuth around the head, starting at the front camera (paper 001 sec. IV.C)."""
-    azimuth = torch.arange(n, dtype=torch.float32) * (360.0 / n)
-    return portrait_cameras(orbit_poses(azimuth, torch.full((n,), elevation_deg), radius), image_size, fov_deg)
+    return camera.orbit_cameras(
+        camera.ring(n), torch.full((n,), elevation_deg), radius, image_size, fov_deg, **HEAD_FRAME
+    )
 
 
 @dataclass(frozen=True)
@@ -156,8 +145,8 @@ class PortraitRig:
         return front_camera(self.image_size, self.fov_deg, self.radius)
 
     def random_views(self, n: int, generator: torch.Generator | None = None) -> Cameras:
-        """`Cameras [n]`: random views for guidance (:func:`orbit_cameras`)."""
-        return orbit_cameras(
+        """`Cameras [n]`: random views for guidance (:func:`random_views`)."""
+        return random_views(
             n, self.elevation_range_deg, self.radius, image_size=self.image_size, fov_deg=self.fov_deg,
             generator=generator,
         )  # fmt: skip

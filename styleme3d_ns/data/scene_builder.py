@@ -432,7 +432,7 @@ class PinholeIntrinsics(NamedTuple):
         return cls(focal, focal, width / 2, height / 2, width, height)
 
 
-def orbit_cameras(
+def capture_poses(
     num_views: int,
     *,
     radius: float = 3.2,
@@ -679,7 +679,7 @@ def build_scene(
     """
     out_dir = Path(out_dir)
     intrinsics = PinholeIntrinsics.from_fov(width, height, fov_deg)
-    c2ws = orbit_cameras(num_views, radius=orbit_radius, elevations_deg=elevations_deg)
+    c2ws = capture_poses(num_views, radius=orbit_radius, elevations_deg=elevations_deg)
     scene = make_scene(seed)
     names = [f"frame_{i:05d}" for i in range(num_views)]
     extra = {

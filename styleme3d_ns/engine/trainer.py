@@ -174,8 +174,7 @@ class StyleTrainer(Trainer):
     def train_iteration(self, step: int):  # noqa: ANN201 - nerfstudio's return type
         self._last_started = step  # every step that starts runs to its end: Ctrl-C only stops the loop between steps
         result = super().train_iteration(step)
-        done = getattr(self.pipeline.model, "done_after_step", None)
-        if done is not None and step >= done:  # the model's plan ended early (e.g. the offline teacher's solve)
+        if self.pipeline.model.lifecycle.plan_complete(step):  # e.g. after the offline teacher's solve
             CONSOLE.log(f"Step {step}: the model's plan is complete; saving and stopping")
             self.stop_training = True
         return result

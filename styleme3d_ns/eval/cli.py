@@ -31,7 +31,7 @@ from styleme3d_ns.eval.consistency import (
     view_dependent_share,
 )
 from styleme3d_ns.eval.image_metrics import lpips_missing_note, mean_lpips, mean_psnr, mean_saturation, mean_ssim
-from styleme3d_ns.eval.orbit import orbit_cameras
+from styleme3d_ns.eval.orbit import orbit_around_cameras
 from styleme3d_ns.eval.render import CameraPool, RenderedViews, load_pipeline, render_views
 from styleme3d_ns.eval.run_logs import read_run_cost
 from styleme3d_ns.eval.sheet import contact_sheet
@@ -264,7 +264,7 @@ def _portrait(
     config: EvalConfig, pool: CameraPool, stylised_model: Any, base_model: Any | None, photo: tuple[Tensor, str]
 ) -> dict[str, Any]:
     """Paper 001 Table 1: mean saturation and identity to the input photo `photo` (image, file) over an orbit."""
-    orbit = orbit_cameras(pool.camera_to_worlds(), pool[0], config.orbit_views)
+    orbit = orbit_around_cameras(pool.camera_to_worlds(), pool[0], config.orbit_views)
     cams = [orbit[i : i + 1] for i in range(config.orbit_views)]
     ids = list(range(config.orbit_views))
     stylised, base = render_views(stylised_model, cams, ids, with_base=base_model is None)

@@ -34,7 +34,7 @@ def look_at_point(c2ws: Tensor) -> Tensor:
     return torch.linalg.solve(A, b)
 
 
-def orbit_poses(c2ws: Tensor, num_views: int) -> Tensor:
+def orbit_around(c2ws: Tensor, num_views: int) -> Tensor:
     """`[num_views, 3, 4]` OpenGL c2w poses evenly spaced in azimuth around the cameras' common look-at point.
 
     The orbit's axis is the cameras' mean up vector; its radius and elevation are the median of the input
@@ -46,18 +46,18 @@ def orbit_poses(c2ws: Tensor, num_views: int) -> Tensor:
     offsets = c2ws[:, :3, 3].double() - centre
     radius = offsets.norm(dim=-1).median()
     elevation = torch.arcsin((offsets @ up / offsets.norm(dim=-1)).clamp(-1.0, 1.0)).median()
-    azimuths = torch.arange(num_views, dtype=torch.float64) * (360.0 / num_views)
+    azimuths = camera.ring(num_views, dtype=torch.float64)
     elevations = torch.rad2deg(elevation).expand(num_views)
     poses = camera.orbit_poses(azimuths, elevations, radius, centre, up, azimuth_zero=offsets[0], dtype=torch.float64)
     return poses.to(c2ws.dtype)
 
 
-def orbit_cameras(c2ws: Tensor, template: Cameras, num_views: int) -> Cameras:
-    """nerfstudio `Cameras [num_views]` on :func:`orbit_poses`, with the intrinsics of `template` (one camera)."""
+def orbit_around_cameras(c2ws: Tensor, template: Cameras, num_views: int) -> Cameras:
+    """nerfstudio `Cameras [num_views]` on :func:`orbit_around`, with the intrinsics of `template` (one camera)."""
     from nerfstudio.cameras.cameras import Cameras
 
-    poses = orbit_poses(c2ws, num_views)
-    expand = lambda t: t.reshape(1, -1)[:, :1].expand(num_views, 1).clone()
+    poses = orbit_around(c2ws, num_views)
+    expand = lambda t: t.reshape(1, -1)[:, :1].expand(num_views, 1).clone()  # noqa: E731
     return Cameras(
         camera_to_worlds=poses,
         fx=expand(template.fx),

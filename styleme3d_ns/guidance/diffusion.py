@@ -297,6 +297,12 @@ class TimestepScheduleConfig:
             raise ValueError(f"end_step ({self.end_step}) must be >= start_step ({self.start_step}).")
 
 
+def paper_001_timesteps() -> TimestepScheduleConfig:
+    """Paper 001 IV.A.3's window: ``U(0.02, 0.98)`` for the first 1000 iterations, ``U(0.02, 0.5)`` after (the SAS loss;
+    our MVDream term uses it too, so both losses see the same noise levels)."""
+    return TimestepScheduleConfig(min_ratio=0.02, max_ratio=0.98, mode="step", max_ratio_end=0.5, end_step=1000)
+
+
 class TimestepSchedule:
     """Samples diffusion timesteps from the step-dependent window of a :class:`TimestepScheduleConfig`.
 
@@ -372,6 +378,12 @@ class ScheduledDiffusionGuidance(Guidance):
     def update_step(self, step: int) -> None:
         super().update_step(step)
         self.schedule.update_step(step)
+
+    def set_prompt(self, prompt: str, negative_prompt: str = "") -> None:
+        """Encode the text condition ``y`` and the CFG negative prompt once, kept as buffers ``cond_embeds`` and
+        ``uncond_embeds`` ``[1, L, D]`` that move with ``.to()`` (:mod:`styleme3d_ns.guidance.prompts`)."""
+        self.register_buffer("cond_embeds", self.components.encode_text([prompt]), persistent=False)
+        self.register_buffer("uncond_embeds", self.components.encode_text([negative_prompt]), persistent=False)
 
 
 def predict_noise(

@@ -19,8 +19,8 @@ Score distillation on Stable Diffusion 1.5 with the style reference injected as 
 * Dynamic guidance (paper 000: lambda_max = 20, lambda in [7.5, 20]): ``lambda_t`` linear from 20 at step 0 to 7.5
   at ``adaptive_steps``, then 7.5. Our reading: lambda_max is where it starts, and it falls with the noise level
   (strong guidance while the style is being established at high t, low guidance once t is small, where a large
-  CFG over-saturates SDS results). The paper does not state the shape; a constant is ``guidance_scale_max ==
-  guidance_scale_min``.
+  CFG over-saturates SDS results). The paper does not state the shape; a constant is ``guidance_scale ==
+  guidance_scale_end``.
 * Multi-stage plan over 2800 steps (paper 000): global mode (the full render) for steps [0, 1900) -- "Adaptive
   Iteration" [0, 1000) with the schedules above annealing, then "Fixed/Free Global" [1000, 1900) with them held --
   and local mode (random square crops, each resized to 512 px) for [1900, 2800] and beyond. The crop is taken
@@ -65,6 +65,7 @@ from styleme3d_ns.guidance.ip_adapter import (
     set_ip_adapter_scale,
 )
 from styleme3d_ns.guidance.odcr import remove_content
+from styleme3d_ns.guidance.prompts import PromptConfig
 from styleme3d_ns.guidance.weights import MissingWeightsError, resolve_weights, select_device_dtype
 
 if TYPE_CHECKING:
@@ -77,8 +78,11 @@ Stage = Literal["global", "local"]
 
 
 @dataclass
-class DSSDConfig(GuidanceConfig):
-    """Config of :class:`DynamicStyleScoreDistillation` (paper 000 DSSD). Defaults follow the paper's plan."""
+class DSSDConfig(PromptConfig, GuidanceConfig):
+    """Config of :class:`DynamicStyleScoreDistillation` (paper 000 DSSD). Defaults follow the paper's plan. Its prompt
+    is a short description of the scene ('a lego bulldozer'); its guidance scale is where the dynamic CFG starts."""
+
+    RENAMED = {"guidance_scale_max": "guidance_scale", "guidance_scale_min": "guidance_scale_end"}
 
     sd_model: str = DEFAULT_SD_MODEL
     """Stable Diffusion 1.5: a local diffusers folder or a repo id in the HF cache (never downloaded)."""
@@ -90,10 +94,6 @@ class DSSDConfig(GuidanceConfig):
     """IP-Adapter's CLIP image encoder: its folder, or a folder/repo id containing models/image_encoder."""
     half: bool = True
     """float16 on CUDA (float32 on CPU)."""
-    prompt: str = ""
-    """Text condition of the guided branch, e.g. a short description of the scene ('a lego bulldozer')."""
-    negative_prompt: str = ""
-    """Text condition of the unconditional branch (empty as in SDS)."""
     style_blocks: tuple[str, ...] = SD15_STYLE_BLOCKS
     """UNet blocks receiving the style image (InstantStyle SD 1.5: up_blocks.1); all other blocks get scale 0."""
     style_scale: float = 1.0
@@ -110,10 +110,10 @@ class DSSDConfig(GuidanceConfig):
     """T_max / T at the start (paper 000: 0.75)."""
     max_ratio_end: float = 0.5
     """T_max / T after annealing (our choice; the paper says only that the noise level decreases)."""
-    guidance_scale_max: float = 20.0
+    guidance_scale: float = 20.0
     """CFG scale at step 0 (paper 000: lambda_max = 20)."""
-    guidance_scale_min: float = 7.5
-    """CFG scale once annealed (paper 000: lambda within [7.5, 20])."""
+    guidance_scale_end: float = 7.5
+    """CFG scale once annealed over adaptive_steps (paper 000: lambda within [7.5, 20])."""
     adaptive_steps: int = 1000
     """Steps over which t_max and the CFG scale anneal (paper 000 'Adaptive Iteration (Global Mode): Steps 1-1000')."""
     local_start_step: int = 1900
@@ -219,7 +219,8 @@ class DynamicStyleScoreDistillation(ScheduledDiffusionGuidance):
             components.num_train_timesteps,
         )
         self.generator = torch.Generator().manual_seed(config.seed)
-        for name in ("_text_cond", "_text_uncond", "_style_embeds", "_content_embeds"):  # cached, moved with .to()
+        self.set_prompt(config.prompt, config.negative_prompt)
+        for name in ("_style_embeds", "_content_embeds"):  # set with the style, moved with .to()
             self.register_buffer(name, None, persistent=False)
 
     # ------------------------------------------------------------------------------------------------- building
@@ -281,11 +282,11 @@ class DynamicStyleScoreDistillation(ScheduledDiffusionGuidance):
         return "global-adaptive" if step < self.config.adaptive_steps else "global-fixed"
 
     def guidance_scale(self, step: int) -> float:
-        """CFG scale ``lambda`` at ``step``: linear from ``guidance_scale_max`` (step 0) to ``guidance_scale_min``
+        """CFG scale ``lambda`` at ``step``: linear from ``guidance_scale`` (step 0) to ``guidance_scale_end``
         (``adaptive_steps``), then constant (paper 000 dynamic guidance, our reading of its shape)."""
         c = self.config
         frac = 1.0 if c.adaptive_steps <= 0 else min(max(step / c.adaptive_steps, 0.0), 1.0)
-        return c.guidance_scale_max + frac * (c.guidance_scale_min - c.guidance_scale_max)
+        return c.guidance_scale + frac * (c.guidance_scale_end - c.guidance_scale)
 
     def crop_box(self, height: int, width: int, step: int) -> tuple[int, int, int, int]:
         """``(top, left, size_h, size_w)`` of the region used at ``step``: the whole render in global mode, a random
@@ -346,12 +347,6 @@ class DynamicStyleScoreDistillation(ScheduledDiffusionGuidance):
         content = content_embeds if content_embeds is not None else self._content_embeds
         return remove_content(e_s.to(self.device, self.dtype), content, self.config.odcr_strength)
 
-    def _text_embeds(self) -> tuple[Tensor, Tensor]:
-        if self._text_cond is None:
-            self._text_cond = self.components.encode_text([self.config.prompt])
-            self._text_uncond = self.components.encode_text([self.config.negative_prompt])
-        return self._text_cond, self._text_uncond
-
     # ------------------------------------------------------------------------------------------------- forward
     def forward(
         self,
@@ -389,7 +384,7 @@ class DynamicStyleScoreDistillation(ScheduledDiffusionGuidance):
         if noise is None:
             noise = torch.randn(latents.shape, generator=self.generator).to(latents)
         scale = self.guidance_scale(step)
-        cond, uncond = self._text_embeds()
+        cond, uncond = self.cond_embeds, self.uncond_embeds
         image_kwargs = ip_adapter_cond_kwargs(self.style_embedding(style_embeds, content_embeds), batch=b)
         with torch.no_grad():
             z_t = self.components.add_noise(latents.detach(), noise, t)

@@ -23,7 +23,7 @@ only fine-tuned the UNet), read from a diffusers SD 2.1-base folder by :func:`lo
 
 Cameras (the ``C`` of eq. 15): camera-to-world matrices with OpenGL camera axes (x right, y up, z backwards, as
 nerfstudio's ``camera_to_worlds``) in a z-up world centred on the object, the convention of MVDream's
-``camera_utils.get_camera``; :func:`orbit_cameras` builds the 4 equally spaced views, :func:`camera_condition` turns
+``camera_utils.get_camera``; :func:`mvdream_poses` builds the 4 equally spaced views, :func:`camera_condition` turns
 matrices into the model's 16-vectors.
 """
 
@@ -45,11 +45,13 @@ from styleme3d_ns.guidance.diffusion import (
     TimestepSchedule,
     TimestepScheduleConfig,
     load_stable_diffusion,
+    paper_001_timesteps,
     predict_noise,
     sds_grad,
     sds_loss,
     sds_weight,
 )
+from styleme3d_ns.guidance.prompts import PromptConfig
 from styleme3d_ns.guidance.weights import MissingWeightsError, resolve_weights
 from styleme3d_ns.render.camera import homogeneous, orbit_poses
 
@@ -246,7 +248,7 @@ def load_multiview_unet(
 # --------------------------------------------------------------------------------------------------------- cameras
 
 
-def orbit_cameras(
+def mvdream_poses(
     num_views: int = 4,
     *,
     elevation_deg: float = 15.0,
@@ -286,30 +288,22 @@ def camera_condition(c2w: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------------------- guidance
 
 
-def _paper_timesteps() -> TimestepScheduleConfig:
-    # Paper 001 gives this window for the SAS loss (IV.A.3) and none for MVDream; we use the same one so both
-    # losses look at the same noise levels (threestudio's MVDream configs also anneal 0.98 -> 0.5).
-    return TimestepScheduleConfig(min_ratio=0.02, max_ratio=0.98, mode="step", max_ratio_end=0.5, end_step=1000)
-
-
 @dataclass
-class MVDreamSDSConfig(GuidanceConfig):
-    """Config of :class:`MultiViewSDS` (paper 001 eq. 15, IV.A.4)."""
+class MVDreamSDSConfig(PromptConfig, GuidanceConfig):
+    """Config of :class:`MultiViewSDS` (paper 001 eq. 15, IV.A.4). Its prompt is ``y`` of eq. 15 (the style
+    description, e.g. 'a 3D cartoon style portrait of a man')."""
 
     weight: float = 0.05
     """Multiplier of the 3D loss (paper 001 IV.A.4: 0.05 for the whole training)."""
-    prompt: str = ""
-    """Text prompt ``y`` of eq. 15 (the style description, e.g. 'a 3D cartoon style portrait of a man')."""
-    negative_prompt: str = ""
-    """Prompt of the unconditional branch of classifier-free guidance."""
     guidance_scale: float = 10.0
     """Classifier-free guidance scale (paper 001 IV.A.4: 10.0)."""
     num_views: int = 4
     """Views denoised jointly; renders come in groups of this many (paper 001: four equally spaced views)."""
     image_size: int = 256
     """Renders are resized to this square size before VAE encoding (MVDream was trained at 256 px)."""
-    timesteps: TimestepScheduleConfig = field(default_factory=_paper_timesteps)
-    """Timestep window: U(0.02, 0.98) T before step 1000, U(0.02, 0.5) T after (paper 001's SAS window)."""
+    timesteps: TimestepScheduleConfig = field(default_factory=paper_001_timesteps)
+    """Timestep window: U(0.02, 0.98) T before step 1000, U(0.02, 0.5) T after (paper 001 gives it for SAS and none
+    for MVDream; threestudio's MVDream configs also anneal 0.98 -> 0.5)."""
     weighting: SdsWeighting = "sds"
     """w(t) of eq. 15: 'sds' = 1 - alpha_bar_t (DreamFusion), 'uniform' = 1."""
     checkpoint: str = MVDREAM_REPO
@@ -378,11 +372,6 @@ class MultiViewSDS(ScheduledDiffusionGuidance):
         self.generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
         self.to(device=components.device, dtype=components.dtype)
         self.set_prompt(config.prompt, config.negative_prompt)
-
-    def set_prompt(self, prompt: str, negative_prompt: str = "") -> None:
-        """Encode the text condition ``y`` and the CFG negative prompt (kept as buffers ``[1, L, D]``)."""
-        self.register_buffer("cond_embeds", self.components.encode_text([prompt]), persistent=False)
-        self.register_buffer("uncond_embeds", self.components.encode_text([negative_prompt]), persistent=False)
 
     def forward(
         self,

@@ -53,6 +53,7 @@ from styleme3d_ns.guidance.diffusion import (
     TimestepSchedule,
     TimestepScheduleConfig,
     load_stable_diffusion,
+    paper_001_timesteps,
     predict_noise,
     sds_loss,
     sds_weight,
@@ -63,6 +64,7 @@ from styleme3d_ns.guidance.ip_adapter import (
     load_ip_adapter_state_dict,
     merge_faceid_lora,
 )
+from styleme3d_ns.guidance.prompts import PromptConfig
 from styleme3d_ns.guidance.style_mapping import (
     DEFAULT_RIDGE,
     LatentStatistics,
@@ -85,24 +87,16 @@ FACE_LANDMARK_CONTROLNET_SUBFOLDER = "diffusion_sd15"
 """Diffusers-format SD 1.5 ControlNet inside :data:`FACE_LANDMARK_CONTROLNET_REPO`."""
 
 
-def _paper_timesteps() -> TimestepScheduleConfig:
-    # paper 001 IV.A.3: U(0.02, 0.98) for the first 1000 iterations and U(0.02, 0.5) for the latter 2000
-    return TimestepScheduleConfig(min_ratio=0.02, max_ratio=0.98, mode="step", max_ratio_end=0.5, end_step=1000)
-
-
 @dataclass
-class SASConfig(GuidanceConfig):
-    """Config of :class:`StyleAlignedSamplingLoss` (paper 001 III.B, IV.A.3)."""
+class SASConfig(PromptConfig, GuidanceConfig):
+    """Config of :class:`StyleAlignedSamplingLoss` (paper 001 III.B, IV.A.3). Its prompt is the style text y, e.g.
+    'a 3D cartoon style portrait of a man' (paper 001 IV.B: '3D cartoon style', ...)."""
 
     weight: float = 1.0
     """Multiplier of the SAS loss (paper 001 IV.A.3: 1.0 throughout training)."""
-    prompt: str = ""
-    """Style text y, e.g. 'a 3D cartoon style portrait of a man' (paper 001 IV.B prompts: '3D cartoon style', ...)."""
-    negative_prompt: str = ""
-    """Prompt of the unconditional branch of classifier-free guidance."""
     guidance_scale: float = 50.0
     """Classifier-free guidance scale of the SAS noise prediction (paper 001 IV.A.3: 50.0)."""
-    timesteps: TimestepScheduleConfig = field(default_factory=_paper_timesteps)
+    timesteps: TimestepScheduleConfig = field(default_factory=paper_001_timesteps)
     """Timestep window: U(0.02, 0.98) T for steps < 1000, U(0.02, 0.5) T after (paper 001 IV.A.3)."""
     weighting: SdsWeighting = "uniform"
     """w(t) of eq. 14 (not given in the paper): 'uniform' = 1, 'sds' = 1 - alpha_bar_t."""
@@ -251,8 +245,7 @@ class StyleAlignedSamplingLoss(ScheduledDiffusionGuidance):
         self.schedule = TimestepSchedule(config.timesteps, components.num_train_timesteps)
         self.generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
         self.to(device=components.device, dtype=components.dtype)
-        self.register_buffer("cond_embeds", components.encode_text([config.prompt]), persistent=False)
-        self.register_buffer("uncond_embeds", components.encode_text([config.negative_prompt]), persistent=False)
+        self.set_prompt(config.prompt, config.negative_prompt)
 
         self.style_statistics: LatentStatistics | None = None
         if config.style_mapping:  # sampled before the adapter is attached: the style set is text-only

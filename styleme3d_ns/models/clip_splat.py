@@ -31,8 +31,10 @@ from styleme3d_ns.guidance.clip_text import ClipTextGuidance, ClipTextGuidanceCo
 from styleme3d_ns.guidance.perceptual_content import PerceptualContentConfig, PerceptualContentLoss
 from styleme3d_ns.guidance.quality_prior import QualityPrior, QualityPriorConfig
 from styleme3d_ns.guidance.weights import MissingWeightsError
-from styleme3d_ns.models.guided_splat import GuidedSplatModel, GuidedSplatModelConfig, Phase
+from styleme3d_ns.models.guided_splat import GuidedSplatModel, GuidedSplatModelConfig
+from styleme3d_ns.models.lifecycle import Phase
 from styleme3d_ns.models.loss_terms import LossTerm
+from styleme3d_ns.models.palette import StyleSet
 
 CLIP_HINT = "pass --pipeline.model.clip.pretrained <open_clip checkpoint file> (and --pipeline.model.clip.model-name)"
 
@@ -78,13 +80,13 @@ class ClipSplatModel(GuidedSplatModel):
         return self.config.mode == "joint"  # paper 002 eq. 3: L_recon - k CLIP
 
     # ---------------------------------------------------------------- terms
-    def style_names(self) -> list[str]:
-        return list(configured_prompts(self.config))
+    def style_set(self) -> StyleSet | None:
+        """Fine-tune mode: one palette entry per prompt, each trained in turn by the CLIP term itself."""
+        if self.target_phase() != "stylise":
+            return None
+        return StyleSet(configured_prompts(self.config), in_turn=True, point_at=self._point_clip_at)
 
-    def trains_styles_in_turn(self) -> bool:
-        return self.config.mode == "finetune"  # each prompt's colours come from the CLIP term itself
-
-    def on_style_turn(self, index: int) -> None:
+    def _point_clip_at(self, index: int) -> None:
         """Point the CLIP term at the prompt whose turn starts, keeping its loaded encoder."""
         built = self.guidance.get("clip")
         if isinstance(built, ClipTextGuidance) and built.config.prompt != self._prompt():
@@ -94,8 +96,9 @@ class ClipSplatModel(GuidedSplatModel):
         cfg = self.config
         if not self._prompt():
             raise UserInputError('no prompt: pass --pipeline.model.prompt "a watercolor painting"')
-        if cfg.mode == "joint" and len(self.style_names()) > 1:
-            raise UserInputError(f"{len(self.style_names())} prompts make a palette over one fixed geometry, which "
+        prompts = configured_prompts(cfg)
+        if cfg.mode == "joint" and len(prompts) > 1:
+            raise UserInputError(f"{len(prompts)} prompts make a palette over one fixed geometry, which "
                                  "joint mode trains: pass --pipeline.model.mode finetune, or one prompt")  # fmt: skip
         if cfg.mode == "finetune" and self.phase == "reconstruct":
             CONSOLE.log(
@@ -120,8 +123,9 @@ class ClipSplatModel(GuidedSplatModel):
 
     def _clip_label(self) -> str:
         cfg = self.config
-        prompts = ", ".join(f"'{p}'" for p in self.style_names())
-        prompts = f"prompts {prompts} in turn" if len(self.style_names()) > 1 else f"prompt {prompts}"
+        configured = configured_prompts(cfg)
+        prompts = ", ".join(f"'{p}'" for p in configured)
+        prompts = f"prompts {prompts} in turn" if len(configured) > 1 else f"prompt {prompts}"
         parts = [f"CLIP {cfg.clip.model_name}/{cfg.clip.pretrained} k={cfg.k}, {prompts}"]
         if cfg.clip.num_augs:
             parts.append(f"{cfg.clip.num_augs} augmented crops")
@@ -131,7 +135,8 @@ class ClipSplatModel(GuidedSplatModel):
 
     def _prompt(self) -> str:
         """The prompt the live colours hold (train toward, while prompts train in turn); "" without one."""
-        return self.live_style_name() if self.style_names() else ""
+        prompts = configured_prompts(self.config)
+        return prompts[self.palette.live_index() if self.palette is not None else 0] if prompts else ""
 
     def _clip_config(self, prompt: str | None = None) -> ClipTextGuidanceConfig:
         """The CLIP term's config with the model-level k and `prompt` (default: the live colours' prompt)."""

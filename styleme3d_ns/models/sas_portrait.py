@@ -25,7 +25,7 @@ Gaussians over the white background instead (85% fall under splatfacto's 0.1 cul
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -37,26 +37,28 @@ from torch import Tensor
 
 from styleme3d_ns.core.errors import UserInputError
 from styleme3d_ns.data.head_template import init_gaussians
-from styleme3d_ns.data.portrait import PortraitRig, orbit_cameras, orbit_poses, portrait_cameras
+from styleme3d_ns.data.portrait import PortraitRig, orbit_poses, random_views
 from styleme3d_ns.guidance.arcface import load_face_embedding
 from styleme3d_ns.guidance.faces import FaceIdentity, landmark_image
 from styleme3d_ns.guidance.gram import GramStyleLossConfig
 from styleme3d_ns.guidance.magenta import MagentaStyleNetworks
 from styleme3d_ns.guidance.mvdream import MultiViewSDS, MVDreamSDSConfig
+from styleme3d_ns.guidance.prompts import with_fallback_prompt
 from styleme3d_ns.guidance.sas import SASConfig, StyleAlignedSamplingLoss
-from styleme3d_ns.models.guided_splat import Phase
+from styleme3d_ns.models.base_splat import Gaussians, splatfacto_strategy
+from styleme3d_ns.models.lifecycle import Phase
 from styleme3d_ns.models.loss_terms import LossTerm, TermOff, Views
 from styleme3d_ns.models.portrait_priors import SilhouettePrior, SilhouettePriorConfig, front_cone_mask
 from styleme3d_ns.models.style_reference import StyleImageSplatModel, StyleImageSplatModelConfig
 from styleme3d_ns.models.surface_densify import SurfaceGuidedStrategy
+from styleme3d_ns.render.camera import square_cameras
 
 GREY_INIT_RGB = 0.5
 """Initial colour (see :attr:`SASPortraitModelConfig.init_rgb`): logit 0, where a sigmoid colour moves at
 ``0.25 x lr`` per step, the rate of paper 001's linear colours (SH DC, ``0.28 x lr``) at the same lr."""
 STYLE_WEIGHT = 1e-4
-"""Default Gram style weight. The Gram loss starts at ~1e3-1e4 against a front L1 of ~0.4; measured at 128 px and
-300 steps (astronaut photo, immunohistochemistry style): 1e-4 keeps the face (dlib distance 0.30) while the side
-views take the style, 1e-3 loses the face (no face found)."""
+"""Default Gram style weight: the Gram loss starts ~1e4 times the front L1, and 1e-3 already loses the face
+(docs/sas-portrait.md, the offline style table)."""
 STYLE_FRONT_CONE_DEG = 45.0
 """Default :attr:`SASPortraitModelConfig.style_front_cone_deg`: views within 45 degrees of the photo show mostly the
 face the photo already fixes."""
@@ -103,12 +105,26 @@ class SASPortraitModelConfig(StyleImageSplatModelConfig):
     decides the colours; 0 styles every view. Without SAS the random views are drawn outside the cone."""
 
 
+def head_template_gaussians(model: SASPortraitModel) -> Gaussians:
+    """Paper 001 IV.A.1: the template points with opacity 0.2, scale 0.02, identity rotation; colour `init_rgb`."""
+    if model.seed_points is None:
+        raise UserInputError("sas-portrait needs the portrait data parser: pass --data <photo.jpg> (no subcommand)")
+    return init_gaussians(model.seed_points[0].float(), colour=model.config.init_rgb, sh_degree=model.config.sh_degree)
+
+
+def surface_guided_strategy(config: SASPortraitModelConfig, num_train_data: int) -> SurfaceGuidedStrategy:
+    """Paper 001 III.A.2: splatfacto's densification, with new Gaussians kept on the surface."""
+    return SurfaceGuidedStrategy.from_default(splatfacto_strategy(config, num_train_data))
+
+
 class SASPortraitModel(StyleImageSplatModel):
     """Fast 3D Stylized Gaussian Portrait Generation (paper 001): full-splat training from the head template with
     the photo's front view, SAS, MVDream and offline style and silhouette terms."""
 
     config: SASPortraitModelConfig
     method_name = "sas-portrait"
+    initial_gaussians = staticmethod(head_template_gaussians)
+    densification = staticmethod(surface_guided_strategy)
 
     def populate_modules(self) -> None:
         rig = self.kwargs.get("metadata", {}).get("portrait_rig")
@@ -127,22 +143,17 @@ class SASPortraitModel(StyleImageSplatModel):
     def target_phase(self) -> Phase:
         return "generate"  # a portrait is generated: positions, shapes and opacities all train (paper 001 IV.A.2)
 
-    def _init_gaussians(self) -> dict[str, Tensor]:
-        """Paper 001 IV.A.1: the template points with opacity 0.2, scale 0.02, identity rotation; colour `init_rgb`."""
-        if self.seed_points is None:
-            raise UserInputError("sas-portrait needs the portrait data parser: pass --data <photo.jpg> (no subcommand)")
-        return init_gaussians(self.seed_points[0].float(), colour=self.config.init_rgb, sh_degree=self.config.sh_degree)
-
-    def _make_strategy(self) -> SurfaceGuidedStrategy:
-        return SurfaceGuidedStrategy.from_default(super()._make_strategy())
-
     # ---------------------------------------------------------------- terms
     def loss_terms(self) -> list[LossTerm]:
         cfg = self.config
+        if len(self.style_paths) > 1:
+            raise UserInputError(f"{self.method_name} trains its geometry with the style, so {len(self.style_paths)} "
+                                 "style images cannot share one geometry as a palette: pass one "
+                                 "--pipeline.model.style-image")  # fmt: skip
         front = self.photo_term("front", cfg.front_weight, "front-view L1")
         if self.style_paths:
             self.style_image()  # a bad style image stops the run before anything is built
-            self._stylist = self._teacher_networks(cfg.offline_teacher)
+            self._stylist = self.teacher.networks(cfg.offline_teacher, self.device)
             if self._stylist is not None:  # offline, the portrait is fitted to the stylised photo
                 front.inputs = {"target_images": "styled_photos"}
                 front.label = "front-view L1 to the photo stylised by the offline teacher's network"
@@ -150,14 +161,15 @@ class SASPortraitModel(StyleImageSplatModel):
         if self.style_paths:
             terms.append(self.sos_term(views="styled"))
         no_prompt = 'no prompt (pass --pipeline.model.style-prompt "3D cartoon style")'
+        sas, mvdream = (with_fallback_prompt(c, cfg.style_prompt) for c in (cfg.sas, cfg.mvdream))
         terms += [
-            LossTerm(name="sas", label="SAS", config=cfg.sas, flag="sas",
-                     build=self._build_sas, views="random", needs_weights=True,
+            LossTerm(name="sas", label="SAS", config=sas, flag="sas",
+                     build=lambda: self._build_sas(sas), views="random",
                      inputs={"face_embeds": "face_embeds", "landmark_image": "landmark_image"},
-                     off_reason=None if cfg.style_prompt or cfg.sas.prompt else no_prompt),
-            LossTerm(name="mvdream", label="MVDream 3D loss", config=cfg.mvdream,
-                     flag="mvdream", build=self._build_mvdream, views="mvdream", inputs={"c2w": "c2w"},
-                     needs_weights=True, off_reason=None if cfg.style_prompt or cfg.mvdream.prompt else no_prompt),
+                     off_reason=None if sas.prompt else no_prompt),
+            LossTerm(name="mvdream", label="MVDream 3D loss", config=mvdream, flag="mvdream",
+                     build=lambda: self._build_mvdream(mvdream), views="mvdream",
+                     inputs={"c2w": "c2w"}, off_reason=None if mvdream.prompt else no_prompt),
             # after SAS and MVDream: whether it runs depends on whether they did
             LossTerm(name="silhouette", label="template silhouette prior", config=self._silhouette_config,
                      build=self._build_silhouette, views="random", inputs={"alphas": "alphas", "cameras": "cameras"},
@@ -179,15 +191,16 @@ class SASPortraitModel(StyleImageSplatModel):
             raise TermOff("SAS/MVDream shape the head (--pipeline.model.silhouette-prior on keeps it)")
         return SilhouettePrior(self._silhouette_config, self.seed_points[0].float()).to(self.device)
 
-    def _build_sas(self) -> StyleAlignedSamplingLoss:
-        cfg = self.config
-        config = replace(cfg.sas, prompt=cfg.sas.prompt or cfg.style_prompt)
+    def _build_sas(self, config: SASConfig) -> StyleAlignedSamplingLoss:
         if config.identity_conditioning:
             photo = self._photo()
-            self._face_embeds = load_face_embedding(photo, cfg.face_embedding).to(self.device)
+            self._face_embeds = load_face_embedding(photo, self.config.face_embedding).to(self.device)
             if config.landmark_controlnet is not None:
                 self._landmark_image = self._photo_landmark_image(photo, config.image_size)
         return StyleAlignedSamplingLoss.from_config(config, self.device)
+
+    def _build_mvdream(self, config: MVDreamSDSConfig) -> MultiViewSDS:
+        return MultiViewSDS.from_config(config, self.device)
 
     def _photo_landmark_image(self, photo: Tensor, size: int) -> Tensor:
         """The photo's 68 dlib landmarks drawn for the landmark ControlNet (paper 001 eq. 10's I_l), `[1, 3, S, S]`."""
@@ -200,12 +213,6 @@ class SASPortraitModel(StyleImageSplatModel):
         scale = size / pixels.shape[0]
         drawn = landmark_image(faces.landmarks(pixels, box) * scale, size)
         return torch.from_numpy(drawn).permute(2, 0, 1)[None].float().div(255).to(self.device)
-
-    def _build_mvdream(self) -> MultiViewSDS:
-        cfg = self.config
-        return MultiViewSDS.from_config(
-            replace(cfg.mvdream, prompt=cfg.mvdream.prompt or cfg.style_prompt), self.device
-        )
 
     def _photo(self) -> Tensor:
         """The training photo `[H, W, 3]` uint8 (the data parser's one image)."""
@@ -259,7 +266,7 @@ class SASPortraitModel(StyleImageSplatModel):
     def _random_views(self, n: int, front_cone_deg: float = 0.0) -> Cameras:
         """`n` random views around the head, none less than `front_cone_deg` of azimuth from the photo's camera."""
         rig = self.rig
-        return orbit_cameras(
+        return random_views(
             n, rig.elevation_range_deg, rig.radius, image_size=rig.image_size, fov_deg=rig.fov_deg,
             azimuth_range_deg=(front_cone_deg, 360.0 - front_cone_deg), generator=self._view_generator,
         ).to(self.device)  # fmt: skip
@@ -273,7 +280,7 @@ class SASPortraitModel(StyleImageSplatModel):
         views = self.config.mvdream.num_views
         azimuth = start + torch.arange(views, dtype=torch.float32) * (360.0 / views)
         c2w = orbit_poses(azimuth, torch.full((views,), elevation), self.rig.radius)  # [V, 3, 4], our frame
-        cameras = portrait_cameras(c2w, self.rig.image_size, self.rig.fov_deg).to(self.device)
+        cameras = square_cameras(c2w, self.rig.image_size, self.rig.fov_deg).to(self.device)
         mv = torch.eye(4).repeat(views, 1, 1)
         mv[:, :3, :3] = _TO_MVDREAM @ c2w[:, :3, :3]
         mv[:, :3, 3] = c2w[:, :3, 3] @ _TO_MVDREAM.T

@@ -36,6 +36,7 @@ from styleme3d_ns.guidance.colour_transfer import SH_C0, apply_colour_transfer_t
 from styleme3d_ns.guidance.csd import CSDConfig, CSDStyleLoss
 from styleme3d_ns.guidance.dssd import DSSDConfig, DynamicStyleScoreDistillation
 from styleme3d_ns.guidance.gram import gram_distance
+from styleme3d_ns.guidance.prompts import with_fallback_prompt
 from styleme3d_ns.guidance.quality_prior import QualityPrior, QualityPriorConfig
 from styleme3d_ns.models.loss_terms import LossTerm
 from styleme3d_ns.models.style_reference import StyleImageSplatModel, StyleImageSplatModelConfig
@@ -60,8 +61,8 @@ class StyleMe3DModelConfig(StyleImageSplatModelConfig):
     lambda_geo: float = 0.0
     """Weight of the L1 reconstruction term against the training images in L_align (paper 000); 0 = off."""
     colour_prematch: bool = False
-    """Before stylising, map the splat's colours to the style image's mean and covariance (StylizedGS). Stronger
-    palette transfer, weaker content (demo scene: Gram distance -63% but 8 dB PSNR to the base, vs -54% / 16.5 dB)."""
+    """Before stylising, map the splat's colours to the style image's mean and covariance (StylizedGS): stronger
+    palette transfer, weaker content (measured in docs/styleme3d.md)."""
 
 
 class StyleMe3DModel(StyleImageSplatModel):
@@ -91,7 +92,7 @@ class StyleMe3DModel(StyleImageSplatModel):
             return []
         for index in range(len(self.style_paths)):  # a bad style image stops the run before anything is built
             self.style_image(index)
-        if cfg.colour_prematch and len(self.style_paths) > 1 and self.trains_styles_in_turn():
+        if cfg.colour_prematch and len(self.style_paths) > 1 and self.palette.styles.in_turn:
             raise UserInputError(f"--pipeline.model.colour-prematch matches one style image's colours, and "
                                  f"{len(self.style_paths)} style images train in turn here (no offline teacher): "
                                  "pass --pipeline.model.colour-prematch False, or one style image")  # fmt: skip
@@ -99,18 +100,17 @@ class StyleMe3DModel(StyleImageSplatModel):
         terms = [
             self.sos_term(inputs={"content_images": "content"}, scale=prior),
             LossTerm(name="dssd", label="DSSD", config=cfg.dssd, flag="dssd",
-                     build=self._build_dssd, scale=prior, needs_weights=True),
+                     build=self._build_dssd, scale=prior, follows_style=True),
             LossTerm(name="csd", label="CSD", config=cfg.csd, flag="csd",
-                     build=self._build_csd, scale=prior, needs_weights=True),
-            LossTerm(name="qa", label="3DG-QA", config=cfg.qa, flag="qa",
-                     build=self._build_qa, scale=prior, needs_weights=True),
+                     build=self._build_csd, scale=prior, follows_style=True),
+            LossTerm(name="qa", label="3DG-QA", config=cfg.qa, flag="qa", build=self._build_qa, scale=prior),
         ]  # fmt: skip
-        if cfg.lambda_geo > 0:
-            terms.append(self.photo_term("recon", cfg.lambda_geo, "L1 to the photos"))
+        if cfg.lambda_geo > 0:  # the teacher's ridge stands in for it
+            terms.append(replace(self.photo_term("recon", cfg.lambda_geo, "L1 to the photos"), offline=True))
         return terms
 
     def _build_dssd(self) -> Guidance:
-        config = replace(self.config.dssd, prompt=self.config.dssd.prompt or self.config.style_prompt)
+        config = with_fallback_prompt(self.config.dssd, self.config.style_prompt)
         dssd = DynamicStyleScoreDistillation.from_config(config, self.device)
         dssd.set_style(self.live_style_image())
         if self.device.type == "cpu":

@@ -8,8 +8,9 @@ that installs its widgets itself, in reading order, and calls its own (rewired) 
 changes. It is also a `ViewerControl`: the viewer hands those its own instance (`ViewerControl._setup`), which is
 how the region box can be copied from the viewer's crop box.
 
-The model owns one: `self.look_controls = LookControls(look, names, on_change=..., on_add_style=...)`, and reads
-`look_controls.look` when it renders.
+The model's style palette owns one (:meth:`~styleme3d_ns.models.palette.StylePalette.make_controls`); each change
+calls its `on_change(look)`, which checks the look and stores it as the model's `config.look`, what every render
+reads.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Camera poses, once for the package: look-at, orbits, and the nerfstudio (OpenGL) to rasteriser (OpenCV) switch.
+"""Camera poses, once for the package: look-at, orbits (as poses or square pinhole cameras), and the nerfstudio
+(OpenGL) to rasteriser (OpenCV) switch.
 
 Every pose here is a nerfstudio camera-to-world matrix `[V, 3, 4]` in OpenGL axes: columns are the camera's right
 (+x), up (+y) and backward (+z) directions in world coordinates, then its position; the camera looks down its -z.
@@ -6,10 +7,15 @@ Every pose here is a nerfstudio camera-to-world matrix `[V, 3, 4]` in OpenGL axe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from nerfstudio.cameras.cameras import Cameras
 
 # nerfstudio cameras look down -Z with +Y up (OpenGL); gsplat expects OpenCV (+Z forward, +Y down).
 _OPENGL_TO_OPENCV = (1.0, -1.0, -1.0)
@@ -120,3 +126,29 @@ def orbit_poses(
     radius_t = torch.as_tensor(radius, dtype=dtype).reshape(-1, 1)
     target_t = torch.as_tensor(target, dtype=dtype)
     return look_at(target_t + radius_t * direction, target_t, up_t)
+
+
+def square_cameras(c2w: Tensor, image_size: int, fov_deg: float) -> Cameras:
+    """Square pinhole nerfstudio `Cameras [V]` for poses `[V, 3, 4]`: `image_size` pixels, `fov_deg` field of view,
+    principal point at the centre."""
+    from nerfstudio.cameras.cameras import Cameras, CameraType
+
+    n = c2w.shape[0]
+    focal = 0.5 * image_size / math.tan(math.radians(fov_deg) / 2.0)
+    full = lambda value: torch.full((n, 1), float(value))  # noqa: E731
+    size = torch.full((n, 1), image_size, dtype=torch.long)
+    centre = full(image_size / 2.0)
+    return Cameras(camera_to_worlds=c2w.float(), fx=full(focal), fy=full(focal), cx=centre, cy=centre.clone(),
+                   width=size, height=size.clone(), camera_type=CameraType.PERSPECTIVE)  # fmt: skip
+
+
+def orbit_cameras(
+    azimuth_deg: Vector, elevation_deg: Vector, radius: float | Tensor, image_size: int, fov_deg: float, **orbit: Any
+) -> Cameras:
+    """Square pinhole nerfstudio `Cameras [V]` on :func:`orbit_poses` (`orbit`: its target, up and azimuth_zero)."""
+    return square_cameras(orbit_poses(azimuth_deg, elevation_deg, radius, **orbit), image_size, fov_deg)
+
+
+def ring(num_views: int, start_deg: float = 0.0, dtype: torch.dtype = torch.float32) -> Tensor:
+    """`[num_views]` azimuths (degrees) evenly spaced around the circle from `start_deg`."""
+    return start_deg + torch.arange(num_views, dtype=dtype) * (360.0 / num_views)

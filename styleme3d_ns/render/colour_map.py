@@ -11,6 +11,7 @@ mat-muls - orders of magnitude cheaper than re-rasterising.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -138,3 +139,29 @@ class ColourMap:
             image = image + (1.0 - self.alpha.to(image.dtype))[:, None] * background
         alpha = self.alpha.reshape(self.height, self.width, 1)
         return image.reshape(self.height, self.width, -1), alpha
+
+
+class ColourMapCache:
+    """The colour maps of up to `capacity` views of a frozen geometry, each built once, oldest dropped first.
+
+    A map is keyed by its view and by the geometry it was built from (each tensor's storage and in-place version
+    counter), so any edit of the geometry (an optimiser step, densification, a load) makes the next look-up rebuild.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._maps: dict[tuple, ColourMap] = {}
+
+    def get(self, view: tuple, geometry: tuple[Tensor, ...], build: Callable[[], ColourMap]) -> ColourMap:
+        """The map of `view` (any hashable key) over `geometry`; `build()` makes it when there is none."""
+        key = (view, tuple((t.data_ptr(), t._version) for t in geometry))
+        cmap = self._maps.get(key)
+        if cmap is None:
+            if len(self._maps) >= self.capacity:
+                self._maps.pop(next(iter(self._maps)))
+            cmap = self._maps[key] = build()
+        return cmap
+
+    def clear(self) -> None:
+        """Forget every map (the geometry changed wholesale)."""
+        self._maps.clear()

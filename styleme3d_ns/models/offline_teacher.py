@@ -1,0 +1,109 @@
+"""The offline teacher as a model component: the Magenta style networks, loaded once, and a fixed splat's colours
+fitted to their renditions of every view (docs/styleme3d.md, "Offline teacher").
+
+The maths lives in :mod:`styleme3d_ns.guidance.style_teacher` (render, stylise, agree, solve); this module gives it a
+model's views (each view's colour map, depth and camera at the teacher's render scale) and decides, once per run,
+whether the teacher runs at all (``--pipeline.model.offline-teacher``, SH colours, the ``style`` extra).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor
+
+from styleme3d_ns.core.errors import UserInputError
+from styleme3d_ns.guidance.magenta import CONTENT_SIZE, MagentaStyleNetworks
+from styleme3d_ns.guidance.style_teacher import StyleTeacher, StyleTeacherConfig
+from styleme3d_ns.guidance.weights import MissingWeightsError
+
+if TYPE_CHECKING:
+    from styleme3d_ns.models.guided_splat import GuidedSplatModel
+
+TeacherMode = Literal["auto", "on", "off"]
+
+
+class OfflineTeacher:
+    """The Magenta networks of one model (loaded on first use) and whether the teacher runs in this run.
+
+    ``runs`` is None until :meth:`decide` (then True or False for the rest of the run).
+    """
+
+    def __init__(self) -> None:
+        self.runs: bool | None = None
+        self._networks: MagentaStyleNetworks | None = None
+
+    def networks(self, mode: TeacherMode, device: torch.device) -> MagentaStyleNetworks | None:
+        """The Magenta networks (on `device`), or None (with one line) when `mode` is off or they cannot load here;
+        with `mode` "on" a missing `style` extra stops with one line instead."""
+        if mode == "off":
+            return None
+        try:
+            if self._networks is None:
+                self._networks = MagentaStyleNetworks.load(device)
+            return self._networks
+        except MissingWeightsError as err:
+            reason = str(err)
+        if mode == "on":
+            raise UserInputError(f"offline teacher: {reason}")
+        CONSOLE.log(f"offline teacher off: {reason}")
+        return None
+
+    def decide(self, mode: TeacherMode, sh_degree: int, device: torch.device) -> MagentaStyleNetworks | None:
+        """The networks when the teacher runs in this run, else None; decided on the first call, with one line when
+        it is off."""
+        if self.runs is None:
+            networks = None
+            if sh_degree == 0:  # colours are sigmoid logits there; the solve fits SH coefficients
+                CONSOLE.log("offline teacher off: the splat has no SH colours (--pipeline.model.sh-degree 0)")
+            else:
+                networks = self.networks(mode, device)
+            self.runs = networks is not None
+        return self._networks if self.runs else None
+
+
+@torch.no_grad()
+def teacher_views(model: GuidedSplatModel, cameras: Cameras, render_scale: float) -> dict[str, object]:
+    """Colour maps, depths, world-to-camera matrices and intrinsics of `cameras`, each scaled by `render_scale`
+    (capped at the network's input size), of `model`'s frozen geometry and base colours."""
+    maps, depths, viewmats, Ks = [], [], [], []
+    dc, rest = model.base_features_dc, model.base_features_rest
+    for i in range(cameras.shape[0]):
+        camera = cameras[i : i + 1].to(model.device)
+        longest = float(max(camera.width.item(), camera.height.item()))
+        camera.rescale_output_resolution(min(render_scale, CONTENT_SIZE / longest))
+        viewmat, K, width, height = model.renderer.view(camera)
+        maps.append(model.renderer.colour_map(viewmat, K, width, height))
+        depths.append(model.render_colours(camera, dc, rest, with_depth=True)[2].permute(2, 0, 1))
+        viewmats.append(viewmat[0])
+        Ks.append(K[0])
+    return {"maps": maps, "depths": torch.stack(depths), "viewmats": torch.stack(viewmats), "Ks": torch.stack(Ks)}
+
+
+def teach(
+    model: GuidedSplatModel,
+    config: StyleTeacherConfig,
+    networks: MagentaStyleNetworks,
+    style: Tensor,
+    views: dict,
+    name: str,
+    report: Callable[[str], None],
+) -> Tensor:
+    """Teacher-fitted SH colours `[N, K, 3]` of `model` for style image `style` `[1, 3, H, W]`, from the base."""
+    start = time.perf_counter()
+    teacher = StyleTeacher(config, networks, style)
+    base = torch.cat([model.base_features_dc[:, None], model.base_features_rest], dim=1)
+    rounds = teacher.config.rounds
+
+    def progress(index: int, solution: object) -> None:
+        report(f"offline teacher '{name}': round {index + 1}/{rounds} ({time.perf_counter() - start:.1f} s)")
+
+    colours = teacher.fit(views["maps"], base, base, model._get_background_color(), views["depths"],
+                          views["viewmats"], views["Ks"], progress)  # fmt: skip
+    report(f"offline teacher '{name}': {len(views['maps'])} views fitted in {time.perf_counter() - start:.1f} s")
+    return colours
