@@ -369,6 +369,13 @@ class ScheduledDiffusionGuidance(Guidance):
     schedule: TimestepSchedule
     components: StableDiffusionComponents
 
+    @classmethod
+    def from_config(cls, config: Any, device: str | torch.device | None = None) -> ScheduledDiffusionGuidance:  # noqa: ANN401
+        """Load the networks offline (one line naming the missing weights and the flag) and build on ``device``
+        (None: CUDA when available), as every guidance is built: a subclass whose constructor loads what it is not
+        given (SAS, MVDream) needs nothing more."""
+        return cls(config, device=device)
+
     def hold_components(self, components: StableDiffusionComponents) -> None:
         """Keep the frozen SD components and register their networks as submodules, so ``.to()`` moves them like any
         network of a guidance (models keep guidances out of their checkpoints, not the guidances their networks)."""

@@ -330,12 +330,6 @@ class MultiViewSDS(ScheduledDiffusionGuidance):
 
     config: MVDreamSDSConfig
 
-    @classmethod
-    def from_config(cls, config: MVDreamSDSConfig, device: str | torch.device | None = None) -> MultiViewSDS:
-        """Load the networks offline (one line naming the missing weights and the flag) and build on ``device``
-        (None: CUDA when available), as every guidance is built."""
-        return cls(config, device=device)
-
     def __init__(
         self,
         config: MVDreamSDSConfig,

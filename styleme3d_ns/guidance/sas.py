@@ -215,12 +215,6 @@ class StyleAlignedSamplingLoss(ScheduledDiffusionGuidance):
 
     config: SASConfig
 
-    @classmethod
-    def from_config(cls, config: SASConfig, device: str | torch.device | None = None) -> StyleAlignedSamplingLoss:
-        """Load the networks offline (one line naming the missing weights and the flag) and build on ``device``
-        (None: CUDA when available), as every guidance is built."""
-        return cls(config, device=device)
-
     def __init__(
         self,
         config: SASConfig,
