@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import shlex
+import signal
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,10 +155,24 @@ def main(config: BatchConfig) -> int:
             try:
                 if todo:
                     _run(todo, results, config)
-            except KeyboardInterrupt:
-                CONSOLE.print("interrupted: finished jobs are kept; rerun the same command to do the rest")
-                return 130
+            except KeyboardInterrupt as stop:
+                signum = getattr(stop, "signum", signal.SIGINT)
+                print(f"styleme3d-batch: {_stopped(signum, todo, results)}", file=sys.stderr, flush=True)
+                return 128 + signum
             return _finish(grid, jobs, results)
+
+
+def _stopped(signum: int, todo: list[Job], results: dict[str, JobResult]) -> str:
+    """One line for a batch stopped by Ctrl-C or SIGTERM: what finished, and the command that does the rest."""
+    now = [results[j.id] for j in todo if j.id in results]
+    done, failed = sum(r.status == "done" for r in now), sum(r.status == "failed" for r in now)
+    earlier = len(results) - len(now)
+    how = "interrupted (Ctrl-C)" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    again = shlex.join(["styleme3d-batch", *sys.argv[1:]])  # the same command: finished jobs are skipped
+    return (
+        f"{how}: {done} of the {len(todo)} jobs to run finished ({failed} failed), {earlier} had finished before; "
+        f"rerun `{again}` to do the other {len(todo) - done} (finished jobs are skipped)"
+    )
 
 
 def entrypoint() -> None:

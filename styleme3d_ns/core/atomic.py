@@ -195,7 +195,7 @@ def check_writable(path: Path, *, what: str = "output", hint: str = "") -> None:
         raise OutputWriteError(f"{what} {path} is a folder; pass a file name")
     folder = _nearest_existing(path.parent)
     if not folder.is_dir():
-        raise OutputWriteError(f"cannot write {what} {path}: {folder} is a file, not a folder")
+        raise OutputWriteError(_message(what, path, f"{folder} is a file, not a folder", hint))
     try:
         handle, probe = tempfile.mkstemp(dir=folder, prefix=".styleme3d-write-check-")
     except OSError as err:
