@@ -83,7 +83,7 @@ def main(config: PortraitDemoConfig) -> dict:
                  "--output", str(out / "turntable.json"),
                  "--views", str(config.turntable_views), "--video", str(video)]  # fmt: skip
     run_stage(
-        "turntable video (styleme3d-turntable + ns-render camera-path)", turntable, out / "logs" / "turntable.log"
+        "turntable video (styleme3d-turntable + styleme3d-render camera-path)", turntable, out / "logs" / "turntable.log"
     )
     export = [*EXPORT, "--load-config", str(run), "--output-dir", str(out / "export")]
     run_stage("export (gaussian splat .ply, atomic ns-export)", export, out / "logs" / "export.log")

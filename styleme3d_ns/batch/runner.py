@@ -138,12 +138,26 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
-def stop_on_sigterm() -> None:
-    """Make SIGTERM raise :class:`Stopped` in the main thread (a no-op elsewhere, where signals cannot be caught)."""
+_STOP_SIGNALS: list[int] = []
+"""Signals :func:`stop_on_sigterm`'s handler received in this process (Ray's wait/get, interrupted inside their
+native code, re-raise a plain KeyboardInterrupt, so the signal is kept here too)."""
+
+
+def stop_signal(error: BaseException) -> int:
+    """The signal that stopped the batch with `error` (a KeyboardInterrupt): SIGTERM if our handler saw one."""
+    return getattr(error, "signum", None) or (_STOP_SIGNALS[-1] if _STOP_SIGNALS else signal.SIGINT)
+
+
+def stop_on_sigterm(reset: bool = False) -> None:
+    """Make SIGTERM raise :class:`Stopped` in the main thread (a no-op elsewhere, where signals cannot be caught);
+    `reset` forgets the signals received before (a new batch in this process)."""
     if threading.current_thread() is not threading.main_thread():
         return
+    if reset:
+        _STOP_SIGNALS.clear()
 
     def handler(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal handler signature
+        _STOP_SIGNALS.append(signum)
         raise Stopped(signum)
 
     signal.signal(signal.SIGTERM, handler)

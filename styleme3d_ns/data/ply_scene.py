@@ -123,6 +123,8 @@ def read_splat_ply(path: Path) -> tuple[dict[str, Tensor], int, list[str]]:
         ) from None
     except (PlyHeaderParseError, ValueError, OSError, EOFError, MemoryError) as err:
         reason = " ".join(str(err).split())[:120] or type(err).__name__
+        if isinstance(err, UnicodeDecodeError):  # binary bytes where the text header should be
+            reason = "no 'ply' header: binary data from the first line"
         raise UserInputError(f"{path} is not a readable .ply ({reason}); pass a 3DGS splat .ply") from None
     elements = {element.name: element for element in ply.elements}
     if "face" in elements and elements["face"].count > 0:
