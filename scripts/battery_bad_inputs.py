@@ -392,7 +392,7 @@ def cases(work: Path, only: str | None) -> list[Case]:  # noqa: PLR0915 - one li
              words=("stopped by SIGTERM", "rerun `styleme3d-batch"),
              run=interrupt_when(signal.SIGTERM, lambda: any(work.glob("grid_out/runs/*/*/*/train.log"))),
              check=lambda _: ("Ray's native dump" if _dumped(work) else None) or _orphans(work / "grid_out")),
-        Case("batch: rerun after SIGTERM resumes", [*batch, str(run_grid), "--dry-run"], expect="ok",
+        Case("batch: rerun after SIGTERM plans the rest (--dry-run)", [*batch, str(run_grid), "--dry-run"], expect="ok",
              words=("to run",)),
     ]  # fmt: skip
     # interrupts

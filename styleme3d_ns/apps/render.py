@@ -33,7 +33,14 @@ from nerfstudio.scripts.render import DatasetRender, RenderCameraPath, RenderInt
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from styleme3d_ns.apps.saved_run import PipelineOverride, opened_run
-from styleme3d_ns.core.atomic import OutputWriteError, atomic_path, check_writable, new_folders, write_cause
+from styleme3d_ns.core.atomic import (
+    OutputWriteError,
+    atomic_path,
+    check_writable,
+    disk_full,
+    new_folders,
+    write_cause,
+)
 from styleme3d_ns.core.errors import exit_on_user_error
 
 PROG = "styleme3d-render"
@@ -57,7 +64,7 @@ def video_frames(path: Path) -> int | None:
 def check_video(path: Path, target: Path) -> None:
     """Raise OutputWriteError (naming `target`) unless `path` is a whole video: a file system with no space left
     means a failed write, whatever the writer said; a video ffprobe cannot read is incomplete."""
-    full = write_cause(OSError("no errno"), path.parent) == "disk full"
+    full = disk_full(path.parent)
     frames = video_frames(path) if path.is_file() else 0
     if full or frames == 0:
         cause = "disk full" if full else "the video came out incomplete (ffprobe reads no frame)"
@@ -141,7 +148,7 @@ class AtomicRender:
         copy._run_nerfstudio(target)
         output = copy.output_path
         staged = output if isinstance(self, DatasetRender) else output.parent / output.stem  # nerfstudio's frames
-        if write_cause(OSError("no errno"), staging) == "disk full":
+        if disk_full(staging):
             raise OutputWriteError(f"cannot write {target}: disk full; nothing was written there; {HINT}")
         if not staged.is_dir() or not any(p.is_file() for p in staged.rglob("*")):
             raise OutputWriteError(f"cannot write {target}: the render produced no file; nothing was written there")
