@@ -117,49 +117,20 @@ def test_a_folder_with_one_ply_is_the_scene_and_datasets_are_not(tmp_path: Path)
         find_splat_ply(tmp_path)
 
 
-def _bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
-    """name -> (file, text its one-line error must contain)."""
-    good = tiny_splat(n=5, degree=1)
-    files = {}
-    no_scale = read_columns(write_inria_ply(tmp / "good.ply", good))
-    data = np.empty(5, dtype=[(k, "f4") for k in no_scale if not k.startswith("scale_")])
-    for name in data.dtype.names:
-        data[name] = no_scale[name]
-    PlyData([PlyElement.describe(data, "vertex")]).write(str(tmp / "no_scale.ply"))
-    files["missing properties"] = (tmp / "no_scale.ply", "scale_0, scale_1, scale_2")
-    nan = {**good, "opacities": good["opacities"].clone()}
-    nan["opacities"][3] = float("nan")
-    files["NaN"] = (write_inria_ply(tmp / "nan.ply", nan), "1 of 5 Gaussians have NaN/Inf in opacities")
-    files["zero Gaussians"] = (write_inria_ply(tmp / "empty.ply", tiny_splat(n=0)), "zero Gaussians")
-    vertices = np.zeros(3, dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
-    faces = np.array([([0, 1, 2],)], dtype=[("vertex_indices", "i4", (3,))])
-    PlyData([PlyElement.describe(vertices, "vertex"), PlyElement.describe(faces, "face")]).write(str(tmp / "m.ply"))
-    files["mesh"] = (tmp / "m.ply", "is a mesh (1 faces)")
-    cloud = np.zeros(3, dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
-    PlyData([PlyElement.describe(cloud, "vertex")]).write(str(tmp / "cloud.ply"))
-    files["point cloud"] = (tmp / "cloud.ply", "is a point cloud")
-    odd = read_columns(tmp / "good.ply")
-    data = np.empty(5, dtype=[(k, "f4") for k in odd if k != "f_rest_8"])
-    for name in data.dtype.names:
-        data[name] = odd[name]
-    PlyData([PlyElement.describe(data, "vertex")]).write(str(tmp / "odd.ply"))
-    files["SH count"] = (tmp / "odd.ply", "8 f_rest_* properties")
-    (tmp / "text.ply").write_text("not a ply at all\n")
-    files["not a ply"] = (tmp / "text.ply", "is not a readable .ply")
-    files["missing file"] = (tmp / "absent.ply", "does not exist")
-    return files
-
-
 def test_bad_files_get_one_line_each(tmp_path: Path) -> None:
-    for name, (path, expected) in _bad_files(tmp_path).items():
+    from tests.bad_plys import bad_plys
+
+    for name, (path, expected) in bad_plys(tmp_path).items():
         with pytest.raises(UserInputError) as err:
             read_splat_ply(path)
         message = str(err.value)
         assert expected in message and "\n" not in message and str(path) in message, (name, message)
 
 
-def test_a_bad_file_stops_ns_train_with_one_line(tmp_path: Path) -> None:
-    path, _ = _bad_files(tmp_path)["mesh"]
+def test_a_bad_file_stops_the_parser_with_one_line(tmp_path: Path) -> None:
+    from tests.bad_plys import bad_plys
+
+    path, _ = bad_plys(tmp_path)["mesh"]
     with pytest.raises(SystemExit, match="is a mesh"):
         PlySceneDataParserConfig(data=path, cache_dir=tmp_path).setup().get_dataparser_outputs("train")
 

@@ -2,7 +2,8 @@
 
 Everything comes from installed packages (scikit-image images, the EfficientNet-Lite0 ImageNet weights);
 nothing is downloaded. Each stage is the nerfstudio command a user would type, so the demo is also a
-smoke test of `ns-train`, `ns-render` and `ns-export` on our methods.
+smoke test of `ns-train` and of nerfstudio's render and export (through our atomic `styleme3d-render` and
+`styleme3d-export`) on our methods.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import tyro
 
-from styleme3d_ns.apps.runs import EXPORT, DemoOutput, console_script, run_stage
+from styleme3d_ns.apps.runs import EXPORT, RENDER, DemoOutput, console_script, run_stage
 from styleme3d_ns.core.errors import UserInputError, exit_on_user_error
 from styleme3d_ns.data.scene_builder import build_scene
 
@@ -137,8 +138,8 @@ def main(config: DemoConfig) -> None:
     )  # fmt: skip
 
     video = out / "turntable.mp4"
-    run_stage("ns-render (turntable video)", [
-        console_script("ns-render"), "interpolate", "--load-config", str(style_cfg), "--output-path", str(video),
+    run_stage("styleme3d-render (turntable video, atomic ns-render)", [
+        *RENDER, "interpolate", "--load-config", str(style_cfg), "--output-path", str(video),
         "--pose-source", "train", "--interpolation-steps", "3", "--order-poses", "True", "--frame-rate", "24",
     ], out / "log_render.txt")  # fmt: skip
     run_stage("export (gaussian splat .ply, atomic ns-export)", [

@@ -82,9 +82,7 @@ def main(config: PortraitDemoConfig) -> dict:
     turntable = [console_script("styleme3d-turntable"), "--load-config", str(run),
                  "--output", str(out / "turntable.json"),
                  "--views", str(config.turntable_views), "--video", str(video)]  # fmt: skip
-    run_stage(
-        "turntable video (styleme3d-turntable + ns-render camera-path)", turntable, out / "logs" / "turntable.log"
-    )
+    run_stage("turntable video (styleme3d-turntable, styleme3d-render)", turntable, out / "logs" / "turntable.log")
     export = [*EXPORT, "--load-config", str(run), "--output-dir", str(out / "export")]
     run_stage("export (gaussian splat .ply, atomic ns-export)", export, out / "logs" / "export.log")
     metrics_path = out / "metrics.json"

@@ -24,6 +24,8 @@ MARKER = ".styleme3d-demo"
 
 EXPORT = [sys.executable, "-m", "styleme3d_ns.apps.export"]
 """`styleme3d-export` (ns-export gaussian-splat, written atomically), run as a module: works before a reinstall."""
+RENDER = [sys.executable, "-m", "styleme3d_ns.apps.render"]
+"""`styleme3d-render` (ns-render, written atomically), run as a module: works before a reinstall."""
 
 
 def console_script(name: str) -> str:

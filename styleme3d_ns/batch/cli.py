@@ -12,6 +12,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import shlex
+import signal
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,7 @@ from styleme3d_ns.batch.contact_sheet import write_contact_sheets
 from styleme3d_ns.batch.grid import Grid, load_grid
 from styleme3d_ns.batch.jobs import Job, JobResult, is_finished, plan_jobs
 from styleme3d_ns.batch.results import write_results
-from styleme3d_ns.batch.runner import RayOptions, run_on_ray
+from styleme3d_ns.batch.runner import RayOptions, run_on_ray, stop_on_sigterm, stop_signal
 from styleme3d_ns.core.errors import UserInputError, exit_on_user_error
 
 CONSOLE = Console()
@@ -134,7 +137,25 @@ def _finish(grid: Grid, jobs: list[Job], results: dict[str, JobResult]) -> int:
 
 
 def main(config: BatchConfig) -> int:
-    """Plan, run what is missing, write results; the exit status."""
+    """Plan, run what is missing, write results; the exit status. Ctrl-C or SIGTERM end it with one line saying what
+    finished and how to resume (status 128 + the signal)."""
+    previous = signal.getsignal(signal.SIGTERM)
+    stop_on_sigterm(reset=True)  # from here on SIGTERM ends the batch as Ctrl-C does
+    todo: list[Job] = []
+    results: dict[str, JobResult] = {}
+    try:
+        return _main(config, todo, results)
+    except KeyboardInterrupt as stop:
+        signum = stop_signal(stop)
+        print(f"styleme3d-batch: {_stopped(signum, todo, results)}", file=sys.stderr, flush=True)
+        return 128 + signum
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _main(config: BatchConfig, todo: list[Job], results: dict[str, JobResult]) -> int:
+    """:func:`main`'s work; fills `todo` (the jobs to run) and `results` (how each ended) as it goes."""
     with exit_on_user_error("styleme3d-batch"):
         if config.cpus_per_job < 1:
             raise UserInputError(f"--cpus-per-job must be at least 1 (got {config.cpus_per_job})")
@@ -148,15 +169,24 @@ def main(config: BatchConfig) -> int:
             _dry_run(jobs, finished)
             return 0
         with output_lock(grid.output_dir):
-            results = {job_id: JobResult(job_id, "skipped") for job_id in finished}
-            todo = [j for j in jobs if j.id not in finished]
-            try:
-                if todo:
-                    _run(todo, results, config)
-            except KeyboardInterrupt:
-                CONSOLE.print("interrupted: finished jobs are kept; rerun the same command to do the rest")
-                return 130
+            results.update({job_id: JobResult(job_id, "skipped") for job_id in finished})
+            todo.extend(j for j in jobs if j.id not in finished)
+            if todo:
+                _run(todo, results, config)
             return _finish(grid, jobs, results)
+
+
+def _stopped(signum: int, todo: list[Job], results: dict[str, JobResult]) -> str:
+    """One line for a batch stopped by Ctrl-C or SIGTERM: what finished, and the command that does the rest."""
+    now = [results[j.id] for j in todo if j.id in results]
+    done, failed = sum(r.status == "done" for r in now), sum(r.status == "failed" for r in now)
+    earlier = len(results) - len(now)
+    how = "interrupted (Ctrl-C)" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    again = shlex.join(["styleme3d-batch", *sys.argv[1:]])  # the same command: finished jobs are skipped
+    return (
+        f"{how}: {done} of the {len(todo)} jobs to run finished ({failed} failed), {earlier} had finished before; "
+        f"rerun `{again}` to do the other {len(todo) - done} (finished jobs are skipped)"
+    )
 
 
 def entrypoint() -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -107,7 +109,9 @@ def run_on_ray(
         on_start: called once Ray is up with (what it joined, CPUs per job, GPUs per job).
     """
     ray = import_ray()
+    before = signal.getsignal(signal.SIGTERM)
     where = connect(ray, options)
+    stop_on_sigterm()  # after ray.init, which installs its own handlers (a native stack dump, then exit 1)
     try:
         cpus, gpus = job_resources(ray, options)
         if on_start is not None:
@@ -121,7 +125,42 @@ def run_on_ray(
             refs[job.id] = task.remote(job, base, cpus)
         return _collect(ray, jobs, refs, on_result)
     finally:
-        ray.shutdown()
+        ray.shutdown()  # its workers die, and with them their trainers (parent-death signal)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
+
+
+class Stopped(KeyboardInterrupt):
+    """The batch was asked to stop by a signal (SIGTERM); it unwinds like Ctrl-C: Ray shuts down, finished jobs stay."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_STOP_SIGNALS: list[int] = []
+"""Signals :func:`stop_on_sigterm`'s handler received in this process (Ray's wait/get, interrupted inside their
+native code, re-raise a plain KeyboardInterrupt, so the signal is kept here too)."""
+
+
+def stop_signal(error: BaseException) -> int:
+    """The signal that stopped the batch with `error` (a KeyboardInterrupt): SIGTERM if our handler saw one."""
+    return getattr(error, "signum", None) or (_STOP_SIGNALS[-1] if _STOP_SIGNALS else signal.SIGINT)
+
+
+def stop_on_sigterm(reset: bool = False) -> None:
+    """Make SIGTERM raise :class:`Stopped` in the main thread (a no-op elsewhere, where signals cannot be caught);
+    `reset` forgets the signals received before (a new batch in this process)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if reset:
+        _STOP_SIGNALS.clear()
+
+    def handler(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal handler signature
+        _STOP_SIGNALS.append(signum)
+        raise Stopped(signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _collect(ray: Any, jobs: list[Job], refs: dict[str, Any], on_result: Callable[[JobResult], None]):  # noqa: ANN202

@@ -57,6 +57,14 @@ def _free_bytes(folder: Path) -> int | None:
     return None
 
 
+def disk_full(folder: Path) -> bool:
+    """Whether `folder`'s file system has no space left for an unprivileged writer (False when it cannot be asked).
+
+    For writers that may end "successfully" after a failed write (ffmpeg behind mediapy can): a full file system
+    right after the write means the output is incomplete."""
+    return _free_bytes(folder) == 0
+
+
 def write_cause(err: BaseException, folder: Path) -> str | None:
     """What stopped a write into `folder`, in words ("disk full", "read-only file system", ...), or None when `err`
     is not a file-system failure (a bug in the writer, which should keep its traceback).
@@ -195,7 +203,7 @@ def check_writable(path: Path, *, what: str = "output", hint: str = "") -> None:
         raise OutputWriteError(f"{what} {path} is a folder; pass a file name")
     folder = _nearest_existing(path.parent)
     if not folder.is_dir():
-        raise OutputWriteError(f"cannot write {what} {path}: {folder} is a file, not a folder")
+        raise OutputWriteError(_message(what, path, f"{folder} is a file, not a folder", hint))
     try:
         handle, probe = tempfile.mkstemp(dir=folder, prefix=".styleme3d-write-check-")
     except OSError as err:

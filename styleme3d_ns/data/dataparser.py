@@ -18,7 +18,7 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio, Nerfst
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
 from styleme3d_ns.core.errors import UserInputError, exit_on_user_error
-from styleme3d_ns.data.ply_scene import PlySceneDataParserConfig, find_splat_ply
+from styleme3d_ns.data.ply_scene import PlySceneDataParserConfig, check_ply_scene, find_splat_ply
 
 
 def check_nerfstudio_layout(data: Path) -> Path:
@@ -54,10 +54,14 @@ def check_nerfstudio_layout(data: Path) -> Path:
 
 
 def check_data(data: Path) -> None:
-    """Check `--data` as this parser will read it, without parsing: a splat .ply (read by ply_scene when training
-    starts) or a nerfstudio dataset (layout, poses, image sizes). One-line UserInputError on a problem."""
-    if find_splat_ply(data) is None:
+    """Check `--data` as this parser will read it, writing nothing: a splat .ply (read in full by ply_scene's reader,
+    with styleme3d-ply's defaults) or a nerfstudio dataset (layout, poses, image sizes). One-line UserInputError on a
+    problem."""
+    ply = find_splat_ply(data)
+    if ply is None:
         check_nerfstudio_layout(data)
+    else:
+        check_ply_scene(PlySceneDataParserConfig(data=ply))
 
 
 def _check_poses(frames: list[dict], transforms: Path) -> None:

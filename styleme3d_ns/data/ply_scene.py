@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -37,6 +38,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from PIL import Image
 from torch import Tensor
 
+from styleme3d_ns.core.atomic import OutputWriteError, check_writable, write_cause
 from styleme3d_ns.core.errors import UserInputError, exit_on_user_error
 from styleme3d_ns.render import rasterize
 from styleme3d_ns.render.camera import orbit_cameras, viewmat_from_c2w
@@ -55,6 +57,10 @@ UP_AXES: dict[str, tuple[float, float, float]] = {
 DEFAULT_UP = "-y"
 RENDER_VERSION = 1
 """Part of the cache key: bump when the renders change for the same file and settings."""
+MIN_IMAGE_SIZE = 32
+"""Smallest `--image-size`: the style networks downsample by 16, so a smaller view is one or two feature cells."""
+NEAR_EMPTY_COVERAGE = 0.01
+"""Mean alpha of the training views below which the scene is warned about as (nearly) empty: nothing to stylise."""
 _REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
              "rot_0", "rot_1", "rot_2", "rot_3")  # fmt: skip
 
@@ -100,15 +106,24 @@ def read_splat_ply(path: Path) -> tuple[dict[str, Tensor], int, list[str]]:
         UserInputError: one line for a missing or unreadable file, a mesh, missing properties, an SH coefficient
             count that is no degree 0-3, no Gaussians, or NaN/Inf values.
     """
-    from plyfile import PlyData, PlyHeaderParseError
+    from plyfile import PlyData, PlyElementParseError, PlyHeaderParseError
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserInputError(f"splat file {path} does not exist; pass --data <scene.ply> (a 3DGS .ply)")
     try:
         ply = PlyData.read(str(path))
-    except (PlyHeaderParseError, ValueError, OSError, EOFError) as err:
+    except PlyElementParseError as err:  # the body: shorter than the header declares, or malformed values
+        declared = f"its header declares {err.element.count} {err.element.name} rows, " if err.element else ""
+        where = f"row {err.row}" if err.row is not None else "the body"
+        raise UserInputError(
+            f"{path} is truncated or damaged: {declared}reading stopped at {where} ({err.message}); export the "
+            "splat again (or copy the whole file)"
+        ) from None
+    except (PlyHeaderParseError, ValueError, OSError, EOFError, MemoryError) as err:
         reason = " ".join(str(err).split())[:120] or type(err).__name__
+        if isinstance(err, UnicodeDecodeError):  # binary bytes where the text header should be
+            reason = "no 'ply' header: binary data from the first line"
         raise UserInputError(f"{path} is not a readable .ply ({reason}); pass a 3DGS splat .ply") from None
     elements = {element.name: element for element in ply.elements}
     if "face" in elements and elements["face"].count > 0:
@@ -158,8 +173,12 @@ def read_splat_ply(path: Path) -> tuple[dict[str, Tensor], int, list[str]]:
                 f"{path}: {int(bad.sum())} of {vertex.count} Gaussians have NaN/Inf in {key} (first: Gaussian "
                 f"{int(bad.nonzero()[0])}); remove them (splat-transform --filter-nan) and pass the file again"
             )
-    if bool((splat["quats"].norm(dim=-1) == 0).any()):
-        raise UserInputError(f"{path}: some rot_* quaternions are all zero; a rotation needs a non-zero quaternion")
+    zero = splat["quats"].norm(dim=-1) == 0
+    if bool(zero.any()):
+        raise UserInputError(
+            f"{path}: {int(zero.sum())} of {vertex.count} Gaussians have all-zero rot_* quaternions (first: Gaussian "
+            f"{int(zero.nonzero()[0])}); a rotation needs a non-zero quaternion: export the splat again"
+        )
     return splat, degree, list(ply.comments)
 
 
@@ -360,21 +379,28 @@ class PlyScene(DataParser):
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs: object) -> DataparserOutputs:
         cfg = self.config
         with exit_on_user_error():
-            self._check_config()
-            path = find_splat_ply(cfg.data)
-            if path is None:
-                raise UserInputError(f"{cfg.data} is neither a .ply nor a folder holding one; pass --data scene.ply")
+            check_ply_options(cfg)
+            path = splat_path(cfg)
             splat, degree, comments = read_splat_ply(path)
         up = resolve_up_axis(cfg.up_axis, comments)
         rig = OrbitRig.around(splat["means"], up, cfg.bounds_percentile, cfg.image_size, cfg.fov_deg, cfg.framing)
         views = orbit_views(cfg.num_views, tuple(cfg.elevations_deg), cfg.num_eval_views)
         cameras = {name: rig.cameras(*angles) for name, angles in views.items()}
-        folder = self._cache_folder(path, up)
+        folder = cache_folder(cfg, path, up)
         if not folder.is_dir():
             CONSOLE.log(f"Rendering {sum(c.shape[0] for c in cameras.values())} views of {path.name} into {folder}")
-            write_renders(folder, {name: render_rgba(splat, degree, c) for name, c in cameras.items()})
+            frames = {name: render_rgba(splat, degree, c) for name, c in cameras.items()}
+            with exit_on_user_error():
+                try:
+                    write_renders(folder, frames)
+                except OSError as err:
+                    cause = write_cause(err, folder.parent) or str(err)
+                    raise OutputWriteError(f"cannot write the renders of {path.name} into {folder}: {cause}; "
+                                           f"{CACHE_HINT}") from None  # fmt: skip
         paths = frame_paths(folder, {name: c.shape[0] for name, c in cameras.items()})
         name = "train" if split == "train" else "test"
+        if name == "train":
+            warn_if_nearly_empty(path, splat["means"].shape[0], paths["train"])
         margin = rig.bounds_radius
         aabb = torch.tensor([rig.centre], dtype=torch.float32) + torch.tensor([[-margin], [margin]])
         return DataparserOutputs(
@@ -384,31 +410,84 @@ class PlyScene(DataParser):
             metadata={"base_splat": splat, "base_sh_degree": degree, "ply_path": path, "ply_up_axis": up},
         )
 
-    def _check_config(self) -> None:
-        cfg = self.config
-        if cfg.image_size < 16:
-            raise UserInputError(f"--image-size {cfg.image_size} is too small; use 32 or more (default 128)")
-        if not 1.0 < cfg.fov_deg < 170.0:
-            raise UserInputError(f"--fov-deg {cfg.fov_deg} must be between 1 and 170 degrees (default 50)")
-        if cfg.num_views < 1 or cfg.num_eval_views < 1 or not cfg.elevations_deg:
-            raise UserInputError("--num-views and --num-eval-views must be at least 1 and --elevations-deg non-empty")
-        if not all(-90.0 < e < 90.0 for e in cfg.elevations_deg):
-            raise UserInputError(f"--elevations-deg {cfg.elevations_deg} must lie strictly between -90 and 90")
-        if not 0.0 <= cfg.bounds_percentile < 50.0 or cfg.framing <= 0.0:
-            raise UserInputError("--bounds-percentile must be in [0, 50) and --framing positive")
 
-    def _cache_folder(self, path: Path, up: str) -> Path:
-        """`<cache>/<stem>-<digest>`: the digest covers the file's bytes and every setting that changes a render."""
-        cfg = self.config
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        settings = [RENDER_VERSION, up, cfg.image_size, cfg.fov_deg, cfg.num_views, list(cfg.elevations_deg),
-                    cfg.num_eval_views, cfg.bounds_percentile, cfg.framing]  # fmt: skip
-        digest.update(json.dumps(settings).encode())
-        root = Path(cfg.cache_dir) if cfg.cache_dir is not None else Path(tempfile.gettempdir()) / "styleme3d-ply"
-        return root.expanduser() / f"{path.stem}-{digest.hexdigest()[:16]}"
+CACHE_HINT = "free some space or pass a writable --cache-dir (the styleme3d-ply option after the method's options)"
+
+
+def check_ply_options(cfg: PlySceneDataParserConfig) -> None:
+    """The parser's options make sense (one-line UserInputError naming the option and its range if not)."""
+    if cfg.image_size < MIN_IMAGE_SIZE:
+        raise UserInputError(
+            f"--image-size {cfg.image_size} is too small; use {MIN_IMAGE_SIZE} or more (default 128): the style "
+            "networks downsample by 16"
+        )
+    if not 1.0 < cfg.fov_deg < 170.0:
+        raise UserInputError(f"--fov-deg {cfg.fov_deg} must be between 1 and 170 degrees (default 50)")
+    if cfg.num_views < 1 or cfg.num_eval_views < 1 or not cfg.elevations_deg:
+        raise UserInputError("--num-views and --num-eval-views must be at least 1 and --elevations-deg non-empty")
+    if not all(-90.0 < e < 90.0 for e in cfg.elevations_deg):
+        raise UserInputError(f"--elevations-deg {cfg.elevations_deg} must lie strictly between -90 and 90")
+    if not 0.0 <= cfg.bounds_percentile < 50.0 or cfg.framing <= 0.0:
+        raise UserInputError("--bounds-percentile must be in [0, 50) and --framing positive")
+
+
+def splat_path(cfg: PlySceneDataParserConfig) -> Path:
+    """The `.ply` the parser reads (`--data` itself, or the one in its folder); one line if there is none."""
+    path = find_splat_ply(cfg.data)
+    if path is None:
+        raise UserInputError(f"{cfg.data} is neither a .ply nor a folder holding one; pass --data scene.ply")
+    return path
+
+
+def cache_folder(cfg: PlySceneDataParserConfig, path: Path, up: str) -> Path:
+    """`<cache>/<stem>-<digest>`: the digest covers the file's bytes and every setting that changes a render."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    settings = [RENDER_VERSION, up, cfg.image_size, cfg.fov_deg, cfg.num_views, list(cfg.elevations_deg),
+                cfg.num_eval_views, cfg.bounds_percentile, cfg.framing]  # fmt: skip
+    digest.update(json.dumps(settings).encode())
+    root = Path(cfg.cache_dir) if cfg.cache_dir is not None else Path(tempfile.gettempdir()) / "styleme3d-ply"
+    return root.expanduser() / f"{path.stem}-{digest.hexdigest()[:16]}"
+
+
+def check_ply_scene(cfg: PlySceneDataParserConfig) -> Path:
+    """Everything the parser will read and write, checked without writing anything: the options, the whole file
+    (:func:`read_splat_ply`, the parser's own reader) and, unless its renders are cached already, that the cache
+    folder can be written. Returns the `.ply`; one-line UserInputError on the first problem."""
+    check_ply_options(cfg)
+    path = splat_path(cfg)
+    _, _, comments = read_splat_ply(path)
+    folder = cache_folder(cfg, path, resolve_up_axis(cfg.up_axis, comments))
+    if not folder.is_dir():
+        check_writable(folder / "train_0000.png", what=f"the renders of {path.name}", hint=CACHE_HINT)
+    return path
+
+
+def view_coverage(frames: list[Path]) -> tuple[float, float]:
+    """(mean, largest) share of the pixels the splat covers in these RGBA renders: their alpha's mean over all
+    views, and over the fullest one (both in [0, 1])."""
+    means = []
+    for frame in frames:
+        with Image.open(frame) as image:
+            means.append(float(np.asarray(image.getchannel("A"), dtype=np.float32).mean()) / 255.0)
+    return float(np.mean(means)), max(means)
+
+
+def warn_if_nearly_empty(path: Path, num_gaussians: int, frames: list[Path]) -> None:
+    """Warn, with the numbers, when the splat covers almost nothing of the training views (e.g. a handful of
+    Gaussians, or a file whose few points the orbit frames badly): stylising them has nothing to act on."""
+    mean, largest = view_coverage(frames)
+    if mean < NEAR_EMPTY_COVERAGE:
+        gaussians = f"{num_gaussians} Gaussian{'s cover' if num_gaussians != 1 else ' covers'}"
+        warnings.warn(
+            f"{path}: its {gaussians} {100 * mean:.2f}% of the pixels of the {len(frames)} training views (the "
+            f"fullest view {100 * largest:.2f}%): the views are almost transparent, so the style has little to act "
+            "on; check the file (a whole 3DGS scene?), --up-axis and --framing",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 styleme3d_ply = DataParserSpecification(

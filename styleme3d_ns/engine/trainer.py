@@ -3,9 +3,10 @@
 Our method configs use :class:`StyleTrainerConfig` (its `_target` is :class:`StyleTrainer`); nothing in nerfstudio
 is patched. What changes against nerfstudio 1.1.5's `Trainer` (docs/reliability.md):
 
-- `save_config` (called by `ns-train` before training) checks the data, the base checkpoint against the model's SH
-  degree and the style image first, so a failed attempt prints one line and leaves no run folder; config.yml is
-  written atomically.
+- `save_config` (called by `ns-train` before training) reads and checks every input first
+  (:mod:`styleme3d_ns.engine.preflight`: the data or `.ply`, the base checkpoint, style images, the `--load-dir`
+  checkpoint, the look), so a failed attempt prints one line and leaves no run folder; config.yml is written
+  atomically.
 - `save_checkpoint` writes `step-*.ckpt` whole or not at all: a temporary file in the run folder (never in
   `nerfstudio_models/`, whose every name nerfstudio parses as a step), fsync, rename; then the older ones go.
   A full disk stops the run with one line and the previous checkpoint intact.
@@ -20,9 +21,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -32,37 +31,11 @@ from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from styleme3d_ns.core.atomic import atomic_path, new_folders, write_text_atomic
-from styleme3d_ns.core.errors import UserInputError, exit_on_user_error
+from styleme3d_ns.core.errors import exit_on_user_error
+from styleme3d_ns.engine.preflight import check_run_inputs, resume_checkpoint
 
 INTERRUPTED_STATUS = 130
 """Exit status after Ctrl-C (128 + SIGINT), as shells report an interrupted command."""
-
-
-def check_run_inputs(config: TrainerConfig) -> None:
-    """Everything a run reads, checked before anything is written; one-line UserInputError on the first problem.
-
-    The data layout (our checked nerfstudio-data parser), the base checkpoint (in full, against the model's SH
-    degree) and the style image. Inputs are only read.
-    """
-    from styleme3d_ns.data.dataparser import CheckedNerfstudioDataParserConfig, check_data
-    from styleme3d_ns.data.style_image import load_style_image
-    from styleme3d_ns.models.checkpoint import load_gaussians
-    from styleme3d_ns.models.style_reference import style_paths
-
-    datamanager = config.pipeline.datamanager
-    dataparser = getattr(datamanager, "dataparser", None)
-    if isinstance(dataparser, CheckedNerfstudioDataParserConfig):
-        data = getattr(datamanager, "data", None) or dataparser.data
-        check_data(data)
-    model = config.pipeline.model
-    if getattr(model, "base_checkpoint", None) is not None:
-        load_gaussians(
-            model.base_checkpoint,
-            sh_degree=getattr(model, "sh_degree", None),
-            drop_non_finite=getattr(model, "drop_non_finite_gaussians", False),
-        )
-    for path in style_paths(getattr(model, "style_image", None)):
-        load_style_image(path)
 
 
 @dataclass
@@ -111,27 +84,9 @@ class StyleTrainer(Trainer):
 
         Accepts the run folder as well as its nerfstudio_models/.
         """
-        from styleme3d_ns.models.checkpoint import newest_checkpoint
-
-        folder = Path(self.config.load_dir)
-        if (folder / "nerfstudio_models").is_dir():
-            folder = folder / "nerfstudio_models"
-        if self.config.load_step is None:
-            newest = newest_checkpoint(folder)
-            if newest is None:
-                raise UserInputError(
-                    f"--load-dir {self.config.load_dir} holds no step-*.ckpt; pass <run>/nerfstudio_models"
-                )
-            self.config.load_step = int(newest.stem.removeprefix("step-"))
-        path = folder / f"step-{self.config.load_step:09d}.ckpt"
-        if not path.is_file():
-            raise UserInputError(f"checkpoint {path} does not exist; check --load-dir and --load-step")
-        if not zipfile.is_zipfile(path):
-            raise UserInputError(
-                f"checkpoint {path} is truncated or damaged (a full disk under an older writer?); pass --load-step "
-                "with an earlier step, or train again"
-            )
-        self.config.load_dir = folder
+        path = resume_checkpoint(self.config.load_dir, self.config.load_step)
+        self.config.load_step = int(path.stem.removeprefix("step-"))
+        self.config.load_dir = path.parent
 
     # ---------------------------------------------------------------- training
     def train(self) -> None:

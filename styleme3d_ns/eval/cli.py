@@ -34,7 +34,7 @@ from styleme3d_ns.eval.image_metrics import lpips_missing_note, mean_lpips, mean
 from styleme3d_ns.eval.orbit import orbit_around_cameras
 from styleme3d_ns.eval.render import CameraPool, RenderedViews, load_pipeline, render_views
 from styleme3d_ns.eval.run_logs import read_run_cost
-from styleme3d_ns.eval.sheet import contact_sheet
+from styleme3d_ns.eval.sheet import sheet_pixels, write_png
 from styleme3d_ns.eval.style_metrics import (
     clip_scores,
     csd_scores,
@@ -289,8 +289,9 @@ def _write_outputs(config: EvalConfig, metrics: dict[str, Any], sheet_rows: list
     """The contact sheet and the metrics JSON, each whole or not at all, and together: the sheet is renamed into place
     only once the JSON is written, so a failed write leaves neither a temporary file nor a sheet without metrics."""
     sheet = _sheet_path(config)
-    with new_folders(sheet.parent), atomic_path(sheet) as sheet_tmp:
-        contact_sheet(sheet_rows, sheet_tmp)
+    pixels = sheet_pixels(sheet_rows)
+    with new_folders(sheet.parent), atomic_path(sheet, hint="free some space or choose another --sheet") as sheet_tmp:
+        write_png(pixels, sheet_tmp)  # a plain write: the error of a failed write names the sheet, not this temp
         metrics["sheet"] = str(sheet)
         metrics["eval_seconds"] = time.perf_counter() - start
         write_json_atomic(config.output, metrics)
@@ -333,7 +334,9 @@ def _load_base(config: EvalConfig, pool: CameraPool) -> Any:
     if not same:
         raise UserInputError(
             f"the base run {config.base_config} was trained on other cameras than {config.load_config} (different "
-            "data or data-parser settings); its renders cannot be compared view by view"
+            "data or data-parser settings), so its renders cannot be compared view by view; pass the --base-config "
+            "of the run this one was stylised from (same --data), or leave --base-config out to compare with the "
+            "base colours stored in the run"
         )
     return pipeline.model
 

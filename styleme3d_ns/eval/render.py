@@ -48,9 +48,10 @@ def load_pipeline(config_path: Path) -> tuple[TrainerConfig, Pipeline]:
     """Load a finished run (its `config.yml`) with nerfstudio's `eval_setup`, in eval mode, newest checkpoint."""
     from nerfstudio.utils.eval_utils import eval_setup
 
+    from styleme3d_ns.models.checkpoint import read_run_config, run_checkpoint
+
     config_path = Path(config_path).expanduser()
-    if not config_path.is_file():
-        raise UserInputError(f"run config {config_path} does not exist; pass the config.yml of a finished ns-train run")
+    run_checkpoint(read_run_config(config_path), config_path)  # one line for a missing or truncated checkpoint
     config, pipeline, _, _ = eval_setup(config_path, test_mode="test")
     return config, pipeline
 

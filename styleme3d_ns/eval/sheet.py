@@ -25,22 +25,32 @@ def _fit_height(image: Tensor, height: int) -> Tensor:
     return F.interpolate(image.permute(2, 0, 1)[None], size=(height, width), mode="bilinear")[0].permute(1, 2, 0)
 
 
-def contact_sheet(rows: list[list[Tensor]], path: Path) -> Path:
-    """Write a grid PNG atomically (temporary file, then rename) and return `path`.
+def sheet_pixels(rows: list[list[Tensor]]) -> np.ndarray:
+    """The grid as uint8 `[H, W, 3]`.
 
     Args:
         rows: per row, images `[H, W, 3]` in [0, 1]; each is resized to the height of the very first image and
             short rows are padded with white on the right.
-        path: destination PNG; its folder is created.
     """
     height = rows[0][0].shape[0]
     lines = [torch.cat([_fit_height(img.float().cpu(), height) for img in row], dim=1) for row in rows]
     width = max(line.shape[1] for line in lines)
     lines = [F.pad(line, (0, 0, 0, width - line.shape[1]), value=1.0) for line in lines]
+    return to_uint8(torch.cat(lines, dim=0))
+
+
+def write_png(pixels: np.ndarray, path: Path) -> None:
+    """Write uint8 `[H, W, 3]` pixels to `path` as it is (callers that need atomicity pass a temporary path)."""
     from PIL import Image
 
+    Image.fromarray(pixels).save(path, format="PNG")
+
+
+def contact_sheet(rows: list[list[Tensor]], path: Path) -> Path:
+    """Write the grid of `rows` (see :func:`sheet_pixels`) as a PNG atomically (temporary file, then rename) and
+    return `path`; its folder is created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        Image.fromarray(to_uint8(torch.cat(lines, dim=0))).save(tmp, format="PNG")
+        write_png(sheet_pixels(rows), tmp)
     return path

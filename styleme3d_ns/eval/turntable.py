@@ -7,7 +7,7 @@ scene capture rarely circles its subject evenly. This writes nerfstudio's camera
   view (paper 001 IV.C scores 120 views "around the circle");
 - scene runs: the orbit around the point the training cameras look at (:func:`styleme3d_ns.eval.orbit.orbit_poses`).
 
-With ``--video turntable.mp4`` it then runs `ns-render camera-path` itself.
+With ``--video turntable.mp4`` it then runs `styleme3d-render camera-path` (an atomic `ns-render camera-path`) itself.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class TurntableConfig:
     seconds: float = 8.0
     """Duration of the video (120 views over 8 s is 15 fps)."""
     video: Path | None = None
-    """If set, also run `ns-render camera-path` and write this video (mp4)."""
+    """If set, also run `styleme3d-render camera-path` (ns-render, written atomically) and write this video (mp4)."""
 
 
 def camera_path(poses: Tensor, fov_deg: float, width: int, height: int, seconds: float) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def turntable_for_run(config_path: Path, views: int, seconds: float) -> dict[str
 
 
 def main(config: TurntableConfig) -> Path:
-    """Write the camera path (atomically) and, with ``--video``, render it with ns-render; returns the JSON path."""
+    """Write the camera path (atomically) and, with ``--video``, render it (styleme3d-render); returns the JSON path."""
     from styleme3d_ns.core.atomic import write_json_atomic
 
     if config.views < 2:
@@ -95,11 +95,13 @@ def main(config: TurntableConfig) -> Path:
     path = write_json_atomic(config.output, turntable_for_run(config.load_config, config.views, config.seconds))
     print(f"turntable camera path ({config.views} views): {path}")
     if config.video is not None:
-        ns_render = Path(sys.executable).parent / "ns-render"
-        command = [str(ns_render), "camera-path", "--load-config", str(config.load_config),
-                   "--camera-path-filename", str(path), "--output-path", str(config.video)]  # fmt: skip
+        # styleme3d-render: ns-render with the video written whole or not at all (run as a module, not imported:
+        # it lives in a higher layer, and a module works before a reinstall)
+        command = [sys.executable, "-m", "styleme3d_ns.apps.render", "camera-path",
+                   "--load-config", str(config.load_config), "--camera-path-filename", str(path),
+                   "--output-path", str(config.video)]  # fmt: skip
         if subprocess.run(command, check=False).returncode != 0:
-            raise UserInputError(f"ns-render camera-path failed for {config.load_config}; see its output above")
+            raise UserInputError(f"styleme3d-render camera-path failed for {config.load_config}; see its line above")
         print(f"turntable video: {config.video}")
     return path
 

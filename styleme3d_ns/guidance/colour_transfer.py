@@ -40,15 +40,17 @@ def fit_colour_transfer(colours: Tensor, style_pixels: Tensor) -> tuple[Tensor, 
     """Fit ``A`` ``[3, 3]`` and ``b`` ``[3]`` so that ``colours @ A.T + b`` has the style's mean and covariance.
 
     Args:
-        colours: Source RGB points ``[N, 3]`` in [0, 1] (e.g. per-Gaussian DC colours), N >= 2.
-        style_pixels: Target RGB samples ``[M, 3]`` in [0, 1] (e.g. ``style_image[0].reshape(3, -1).T``), M >= 2.
+        colours: Source RGB points ``[N, 3]`` in [0, 1] (e.g. per-Gaussian DC colours), N >= 1.
+        style_pixels: Target RGB samples ``[M, 3]`` in [0, 1] (e.g. ``style_image[0].reshape(3, -1).T``), M >= 1.
+            One sample (a 1x1 style image) or a flat image has zero covariance: every colour then maps to the style's
+            mean colour (A ~ 0), the limit of matching mean and covariance.
 
     Returns:
         ``(A, b)`` in the dtype of ``colours``; computed in float64 so the match holds to ~1e-6.
     """
     for name, t in (("colours", colours), ("style_pixels", style_pixels)):
-        if t.ndim != 2 or t.shape[1] != 3 or t.shape[0] < 2:
-            raise ValueError(f"{name} must be [N, 3] RGB points with N >= 2, got {tuple(t.shape)}.")
+        if t.ndim != 2 or t.shape[1] != 3 or t.shape[0] < 1:
+            raise ValueError(f"{name} must be [N, 3] RGB points with N >= 1, got {tuple(t.shape)}.")
     mu_c, cov_c = _mean_cov(colours.detach().double())
     mu_s, cov_s = _mean_cov(style_pixels.detach().to(colours.device).double())
     a = _sym_power(cov_s, 0.5) @ _sym_power(cov_c, -0.5)

@@ -105,7 +105,7 @@ def style_colour_map(
     ``A = I + amount (sigma_s / sigma - 1) 1 w^T``, ``b = amount (mu_s - mu sigma_s / sigma) 1``, w the luma weights.
 
     Args:
-        pixels: [P, 3] RGB in [0, 1] (P >= 2); style_pixels: [M, 3] RGB in [0, 1] (M >= 2).
+        pixels: [P, 3] RGB in [0, 1] (P >= 2); style_pixels: [M, 3] RGB in [0, 1] (M >= 1).
         amount: in [0, 1]; 0 gives the identity.
         luminance_only: match the luma's mean and standard deviation only.
 
@@ -117,7 +117,8 @@ def style_colour_map(
     if luminance_only:
         weights = luma(eye[:, :, None, None]).reshape(3)  # w: the luma of each RGB primary
         y, y_style = pixels @ weights, style_pixels @ weights
-        ratio = y_style.std() / y.std().clamp_min(1e-6)
+        spread = y_style.std() if y_style.numel() > 1 else y_style.new_zeros(())  # a 1x1 style image: one grey level
+        ratio = spread / y.std().clamp_min(1e-6)
         a = eye + amount * (ratio - 1.0) * torch.ones_like(eye) * weights[None, :]
         return a, amount * (y_style.mean() - ratio * y.mean()) * torch.ones(3, dtype=pixels.dtype)
     a, b = fit_colour_transfer(pixels, style_pixels)

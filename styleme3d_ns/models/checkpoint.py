@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import warnings
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,6 +36,50 @@ def newest_checkpoint(folder: Path) -> Path | None:
         if digits.isdigit():
             steps.append((int(digits), ckpt))
     return max(steps)[1] if steps else None
+
+
+def check_complete(path: Path, fix: str) -> Path:
+    """`path` if it is a whole checkpoint (torch's zip archive with its closing directory), else a one-line
+    UserInputError ending in `fix`. A checkpoint cut short (a full disk under an older writer, a partial copy) has no
+    closing directory: torch would fail deep inside its zip reader."""
+    if not zipfile.is_zipfile(path):
+        raise UserInputError(f"checkpoint {path} is truncated or damaged (a full disk under an older writer?); {fix}")
+    return path
+
+
+def read_run_config(config_path: Path) -> Any:  # noqa: ANN401 - nerfstudio's TrainerConfig
+    """A finished run's config.yml, read as nerfstudio's `eval_setup` reads it; one line if it cannot be."""
+    import yaml
+    from nerfstudio.engine.trainer import TrainerConfig
+
+    config_path = Path(config_path).expanduser()
+    if not config_path.is_file():
+        raise UserInputError(f"run config {config_path} does not exist; pass the config.yml of a finished ns-train run")
+    try:
+        config = yaml.load(config_path.read_text(), Loader=yaml.Loader)  # noqa: S506 - nerfstudio's own format
+    except (yaml.YAMLError, UnicodeDecodeError, AttributeError, TypeError, ImportError) as err:
+        reason = " ".join(str(err).split())[:120] or type(err).__name__
+        raise UserInputError(
+            f"{config_path} is not a readable run config ({reason}); pass the config.yml of an ns-train run"
+        ) from None
+    if not isinstance(config, TrainerConfig):
+        raise UserInputError(f"{config_path} is not a nerfstudio run config; pass the config.yml ns-train wrote")
+    return config
+
+
+def run_checkpoint(config: Any, config_path: Path) -> Path:  # noqa: ANN401 - nerfstudio's TrainerConfig
+    """The checkpoint nerfstudio's `eval_setup` loads for a finished run (the newest step in its checkpoint folder),
+    checked whole before anything loads it; one line naming it and the fix if it is missing or truncated."""
+    folder = config.get_checkpoint_dir()
+    newest = newest_checkpoint(folder) if folder.is_dir() else None
+    if newest is None:
+        raise UserInputError(
+            f"the run of {config_path} has no step-*.ckpt in {folder}; train it first, or run this command from the "
+            "folder ns-train ran in (the run's output_dir is relative to it)"
+        )
+    older = sorted((c for c in folder.glob("step-*.ckpt") if c != newest and zipfile.is_zipfile(c)), reverse=True)
+    fix = f"move it out of {folder} to use {older[0].name}" if older else "train the run again (no whole one is left)"
+    return check_complete(newest, fix)
 
 
 def resolve_checkpoint(path: Path) -> Path:

@@ -20,8 +20,10 @@ All of it is affine with weights summing to one, so the same operations on SH co
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -73,24 +75,49 @@ class LookConfig(DefaultsOnLoad, PrintableConfig):
         return OrientedBox.from_params(self.box_center, self.box_rotation, self.box_size)
 
 
-def check_look(look: LookConfig, num_styles: int) -> None:
-    """Raise UserInputError (one line) if `look` does not fit a palette of `num_styles` styles."""
+LOOK_FLAG = "--pipeline.model.look"
+"""Prefix of the look's command-line options (ns-train, styleme3d-render, styleme3d-export)."""
+
+
+def check_look(look: LookConfig, num_styles: int, stored_in: Path | str | None = None) -> None:
+    """Raise UserInputError (one line naming the value and the fix) if `look` does not fit a palette of `num_styles`.
+
+    Args:
+        look: the look to check (from the command line, a config.yml, or the viewer).
+        num_styles: entries of the palette it indexes (1 for a run with one style, or none).
+        stored_in: the config.yml the look was read from, when it was (rendering or exporting a finished run): the
+            message then says the value lives there and names the flag that overrides it.
+    """
+
+    def bad(name: str, value: object, problem: str, allowed: str) -> UserInputError:
+        if stored_in is None:
+            return UserInputError(f"look {name} {value} {problem}; set {LOOK_FLAG}.{name} to {allowed}")
+        return UserInputError(
+            f"look {name} {value} stored in {stored_in} {problem}; override it with {LOOK_FLAG}.{name} ({allowed}) "
+            "on styleme3d-render or styleme3d-export, or edit that file"
+        )
+
     if num_styles < 1:
         raise UserInputError("the look needs at least one style in the palette: give --pipeline.model.style-image")
+    held = f"the palette holds {num_styles} style{'s' * (num_styles != 1)}"
+    indices = "0" if num_styles == 1 else f"0..{num_styles - 1}"
     for name, index in (("style", look.style), ("blend-to", look.blend_to)):
         if index is not None and not 0 <= index < num_styles:
-            raise UserInputError(f"look {name} {index} is not a palette index: use 0..{num_styles - 1}")
+            raise bad(name, index, f"is not a palette index ({held})", indices)
     for name, value in (("strength", look.strength), ("blend", look.blend)):
-        if not 0.0 <= value <= 1.0:
-            raise UserInputError(f"look {name} {value} is outside [0, 1]: pick a value from 0 to 1")
+        if not 0.0 <= value <= 1.0:  # also false for NaN
+            raise bad(name, value, "is not in [0, 1]", "a value from 0 to 1")
     if look.preserve_colour not in COLOUR_PRESERVATION:
-        raise UserInputError(
-            f"look preserve-colour {look.preserve_colour!r} is unknown: use one of {COLOUR_PRESERVATION}"
-        )
+        raise bad("preserve-colour", repr(look.preserve_colour), "is unknown", f"one of {COLOUR_PRESERVATION}")
     if look.region not in REGIONS:
-        raise UserInputError(f"look region {look.region!r} is unknown: use one of {REGIONS}")
+        raise bad("region", repr(look.region), "is unknown", f"one of {REGIONS}")
+    for name in ("box_center", "box_size", "box_rotation"):
+        value = tuple(getattr(look, name))
+        if len(value) != 3 or not all(math.isfinite(v) for v in value):
+            raise bad(name.replace("_", "-"), value, "is not three finite numbers", "x y z")
     if look.region != "all" and min(look.box_size) <= 0:
-        raise UserInputError(f"look box-size {look.box_size} must be positive on every axis to hold anything")
+        raise bad("box-size", tuple(look.box_size), "must be positive on every axis to hold anything",
+                  "three sizes above 0")  # fmt: skip
 
 
 def styles_used(look: LookConfig) -> tuple[int, ...]:
