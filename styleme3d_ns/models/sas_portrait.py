@@ -31,19 +31,25 @@ from typing import Literal
 
 import numpy as np
 import torch
+from gsplat.strategy.ops import remove
 from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.utils.rich_utils import CONSOLE
 from PIL import Image
 from torch import Tensor
 
 from styleme3d_ns.core.errors import UserInputError
+from styleme3d_ns.data.face_fit import FrontCamera
 from styleme3d_ns.data.head_template import init_gaussians
 from styleme3d_ns.data.portrait import PortraitRig, orbit_cameras, orbit_poses, portrait_cameras
+from styleme3d_ns.data.portrait_colour import uncovered
+from styleme3d_ns.data.portrait_style import stylise_colours, teacher_views
 from styleme3d_ns.guidance.arcface import load_face_embedding
 from styleme3d_ns.guidance.faces import FaceIdentity, landmark_image
 from styleme3d_ns.guidance.gram import GramStyleLossConfig
 from styleme3d_ns.guidance.magenta import MagentaStyleNetworks
 from styleme3d_ns.guidance.mvdream import MultiViewSDS, MVDreamSDSConfig
 from styleme3d_ns.guidance.sas import SASConfig, StyleAlignedSamplingLoss
+from styleme3d_ns.guidance.style_teacher import StyleTeacher
 from styleme3d_ns.models.guided_splat import Phase
 from styleme3d_ns.models.loss_terms import LossTerm, TermOff, Views
 from styleme3d_ns.models.portrait_priors import SilhouettePrior, SilhouettePriorConfig, front_cone_mask
@@ -53,6 +59,12 @@ from styleme3d_ns.models.surface_densify import SurfaceGuidedStrategy
 GREY_INIT_RGB = 0.5
 """Initial colour (see :attr:`SASPortraitModelConfig.init_rgb`): logit 0, where a sigmoid colour moves at
 ``0.25 x lr`` per step, the rate of paper 001's linear colours (SH DC, ``0.28 x lr``) at the same lr."""
+PRIOR_OPACITY = 0.8
+"""Initial opacity with the offline prior (ours). Paper 001's 0.2 leaves the 10,000-point head translucent: the
+front view then sees, and the front L1 repaints, the back of the head's Gaussians (confetti on the back, measured
+on the astronaut at 300 steps); at 0.8 the face covers them from the first step."""
+COLOUR_MASK = 0.9
+"""With photo-only training, a Gaussian's colour trains only where the head mask at its centre is at least this."""
 STYLE_WEIGHT = 1e-4
 """Default Gram style weight. The Gram loss starts at ~1e3-1e4 against a front L1 of ~0.4; measured at 128 px and
 300 steps (astronaut photo, immunohistochemistry style): 1e-4 keeps the face (dlib distance 0.30) while the side
@@ -90,12 +102,25 @@ class SASPortraitModelConfig(StyleImageSplatModelConfig):
     face_embedding: Path | None = None
     """Precomputed 512-D ArcFace embedding of the photo (.npy/.pt) for SAS identity conditioning; default: computed
     with insightface when installed with its buffalo_l models."""
+    init: Literal["prior", "template"] = "prior"
+    """prior (ours, offline): each Gaussian starts with the colour the data parser's offline prior gave its point (the
+    photo, its mirror image, the person's hair and skin colours) and opacity prior-opacity, so the photo's view does
+    not see through the face to the back; template: paper 001 IV.A.1, opacity 0.2 and init-rgb everywhere."""
+    prior_opacity: float = PRIOR_OPACITY
+    """Initial opacity of every Gaussian with init prior (in (0, 1))."""
+    photo_only: Literal["auto", "on", "off"] = "auto"
+    """Train only the Gaussians the photo's camera sees (a z-buffer of their centres, each step): the rest keep the
+    offline prior's colours and places, which nothing offline supervises (Adam, which normalises gradients, would
+    repaint them at full speed from the faint light they add to the front view: confetti). auto: on with init prior
+    while no SAS, MVDream or Gram style term is active."""
     init_rgb: float = GREY_INIT_RGB
-    """Initial colour of every Gaussian, one RGB value in [0, 1]. Paper 001 IV.A.1 says 0 (black) for linear colours;
-    ours are sigmoid logits at sh_degree 0, where black barely moves and the splat fades out instead (0 = paper)."""
+    """With init template: the initial colour of every Gaussian, one RGB value in [0, 1]. Paper 001 IV.A.1 says 0
+    (black) for linear colours; ours are sigmoid logits at sh_degree 0, where black barely moves and the splat fades
+    out instead (0 = paper)."""
     silhouette_prior: Literal["auto", "on", "off"] = "auto"
     """Penalise 1 - alpha inside the head template's silhouette on the random views, so the sides and back stay
-    solid. auto: only while neither SAS nor MVDream is active (they shape the head and may move its outline)."""
+    solid. auto: only while neither SAS nor MVDream is active (they shape the head and may move its outline) and
+    photo-only training does not hold the offline prior's head (it is solid from every side already)."""
     silhouette_weight: float = 1.0
     """Weight of the template-silhouette prior (mean 1 - alpha over the template's pixels, 0 to 1, like the L1)."""
     style_front_cone_deg: float = STYLE_FRONT_CONE_DEG
@@ -118,6 +143,8 @@ class SASPortraitModel(StyleImageSplatModel):
         self._stylist: MagentaStyleNetworks | None = None  # the offline teacher's network, set with a style image
         self._styled_photos: dict[int, Tensor] = {}
         self._landmark_image: Tensor | None = None
+        self._gate: bool | None = None  # photo_only, decided at the first step
+        self._seen: tuple[int, Tensor, Tensor] | None = None  # (step, seen by the photo, and inside the head)
         super().populate_modules()
 
     @property
@@ -128,13 +155,20 @@ class SASPortraitModel(StyleImageSplatModel):
         return "generate"  # a portrait is generated: positions, shapes and opacities all train (paper 001 IV.A.2)
 
     def _init_gaussians(self) -> dict[str, Tensor]:
-        """Paper 001 IV.A.1: the template points with opacity 0.2, scale 0.02, identity rotation; colour `init_rgb`."""
+        """Paper 001 IV.A.1: the data parser's points with scale 0.02 and identity rotation; colour and opacity: the
+        offline prior's (`init` prior) or `init_rgb` and paper 001's 0.2."""
         if self.seed_points is None:
             raise UserInputError("sas-portrait needs the portrait data parser: pass --data <photo.jpg> (no subcommand)")
-        return init_gaussians(self.seed_points[0].float(), colour=self.config.init_rgb, sh_degree=self.config.sh_degree)
+        points, rgb = self.seed_points
+        if self.config.init == "prior":
+            return init_gaussians(points.float(), opacity=self.config.prior_opacity, colour=rgb.float() / 255.0,
+                                  sh_degree=self.config.sh_degree)  # fmt: skip
+        return init_gaussians(points.float(), colour=self.config.init_rgb, sh_degree=self.config.sh_degree)
 
     def _make_strategy(self) -> SurfaceGuidedStrategy:
-        return SurfaceGuidedStrategy.from_default(super()._make_strategy())
+        # the offline prior starts opaque on purpose: gsplat's step-0 opacity reset would cap it at 0.2
+        reset = self.config.init != "prior"
+        return SurfaceGuidedStrategy.from_default(super()._make_strategy(), reset_at_start=reset)
 
     # ---------------------------------------------------------------- terms
     def loss_terms(self) -> list[LossTerm]:
@@ -146,8 +180,10 @@ class SASPortraitModel(StyleImageSplatModel):
             if self._stylist is not None:  # offline, the portrait is fitted to the stylised photo
                 front.inputs = {"target_images": "styled_photos"}
                 front.label = "front-view L1 to the photo stylised by the offline teacher's network"
+                if self.step == 0:  # a fresh run (a loaded checkpoint keeps its colours)
+                    self._stylise_start()
         terms = [front]
-        if self.style_paths:
+        if self.style_paths and self._stylist is None:  # without the teacher, the Gram term styles the sides
             terms.append(self.sos_term(views="styled"))
         no_prompt = 'no prompt (pass --pipeline.model.style-prompt "3D cartoon style")'
         terms += [
@@ -165,6 +201,22 @@ class SASPortraitModel(StyleImageSplatModel):
         ]  # fmt: skip
         return terms
 
+    @torch.no_grad()
+    def _stylise_start(self) -> None:
+        """The offline teacher styles the initial head from a ring of views at once (data/portrait_style.py)."""
+        teacher = StyleTeacher(self.config.teacher, self._stylist, self.style_image())
+        splat = (self.means, self.quats, torch.exp(self.scales), torch.sigmoid(self.opacities)[:, 0])
+        rgb = stylise_colours(*splat, torch.sigmoid(self.features_dc), teacher, self.rig, self._get_background_color())
+        self.features_dc.data.copy_(torch.logit(rgb.clamp(1e-4, 1 - 1e-4)))
+        CONSOLE.log(f"offline teacher: the initial head styled from {len(teacher_views(self.rig)[0])} views around it")
+
+    def setup_terms(self) -> None:
+        super().setup_terms()
+        prompt = self.config.style_prompt
+        if prompt and not {"sas", "mvdream"} & set(self.guidance):
+            CONSOLE.log(f"style prompt {prompt!r} does nothing offline: SAS and MVDream need their weights (the 'off:' "
+                        "lines above); --pipeline.model.style-image IMAGE styles the head offline")  # fmt: skip
+
     def _silhouette_off_reason(self) -> str | None:
         cfg = self.config
         if cfg.silhouette_prior == "off" or cfg.silhouette_weight == 0:
@@ -173,10 +225,76 @@ class SASPortraitModel(StyleImageSplatModel):
             return "no head template (the portrait data parser provides it)"
         return None
 
+    def _gates_to_photo(self) -> bool:
+        """Whether only the Gaussians the photo sees train (`photo_only`), given the built terms."""
+        cfg = self.config
+        if cfg.photo_only != "auto":
+            return cfg.photo_only == "on"
+        return cfg.init == "prior" and not {"sas", "mvdream", "sos"} & set(self.guidance)
+
+    def _seen_by_photo(self) -> tuple[Tensor, Tensor]:
+        """`[N]` bool each, this step: the Gaussians whose centre the photo's camera sees (nothing nearer at its
+        pixel), and those of them whose pixel is inside the head (head mask >= :data:`COLOUR_MASK`)."""
+        if self._seen is None or self._seen[0] != self.step or self._seen[1].shape[0] != self.num_points:
+            camera = FrontCamera(self.rig.image_size, self.rig.fov_deg, self.rig.radius)
+            means = self.means.detach().double().cpu().numpy()
+            seen = torch.from_numpy(uncovered(means, camera, splat=1))  # conservative: no leaks through gaps
+            inside = seen.clone()
+            mask = self.kwargs.get("metadata", {}).get("portrait_head_mask")
+            if mask is not None:
+                pixels = torch.from_numpy(camera.project(means)[0]).floor().long().clamp(0, mask.shape[0] - 1)
+                inside &= mask[pixels[:, 1], pixels[:, 0]] >= COLOUR_MASK
+            self._seen = (self.step, seen.to(self.device), inside.to(self.device))
+        return self._seen[1], self._seen[2]
+
+    def _gate_gradients(self, optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        """Optimizer pre-step hook (`photo_only`): zero the gradients of the Gaussians the photo does not see, and
+        the colour gradients of those on the head's outline, where the photo's target fades to the white background
+        (they should fade out, not turn white)."""
+        seen, inside = self._seen_by_photo()
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is not None and param.shape[:1] == seen.shape:
+                    param.grad[~(inside if param is self.features_dc else seen)] = 0.0
+
+    def step_post_backward(self, step: int) -> None:
+        super().step_post_backward(step)
+        if self._gate:
+            self._drop_background()
+
+    @torch.no_grad()
+    def _drop_background(self) -> None:
+        """Photo-only training keeps the background out of the head: a Gaussian whose centre the photo's camera sees
+        off the head (head mask < 0.5: background or body) is removed (gsplat's own removal: optimiser state and
+        densification statistics follow)."""
+        mask = self.kwargs.get("metadata", {}).get("portrait_head_mask")
+        if mask is None:
+            return
+        camera = FrontCamera(self.rig.image_size, self.rig.fov_deg, self.rig.radius)
+        pixels = torch.from_numpy(camera.project(self.means.detach().double().cpu().numpy())[0]).floor().long()
+        inside = ((pixels >= 0) & (pixels < mask.shape[0])).all(dim=1)
+        pixels = pixels.clamp(0, mask.shape[0] - 1)
+        off_head = ~inside | (mask[pixels[:, 1], pixels[:, 0]] < 0.5)
+        if off_head.any():
+            remove(self.gauss_params, self.optimizers, self.strategy_state, off_head.to(self.device))
+
+    def step_cb(self, optimizers, step: int) -> None:  # noqa: ANN001 - nerfstudio's Optimizers
+        super().step_cb(optimizers, step)
+        if self._gate is None and self._terms_ready:
+            self._gate = self._gates_to_photo()
+            if self._gate:
+                for optimizer in optimizers.optimizers.values():
+                    optimizer.register_step_pre_hook(self._gate_gradients)
+                CONSOLE.log("sas-portrait: only the Gaussians the photo sees train; the offline prior keeps the rest "
+                            "(--pipeline.model.photo-only)")  # fmt: skip
+
     def _build_silhouette(self) -> SilhouettePrior:
         diffusion = "sas" in self.guidance or "mvdream" in self.guidance
         if self.config.silhouette_prior == "auto" and diffusion:
             raise TermOff("SAS/MVDream shape the head (--pipeline.model.silhouette-prior on keeps it)")
+        if self.config.silhouette_prior == "auto" and self._gates_to_photo():
+            raise TermOff("the offline prior's head is solid from every side and only what the photo sees trains "
+                          "(--pipeline.model.silhouette-prior on keeps it)")  # fmt: skip
         return SilhouettePrior(self._silhouette_config, self.seed_points[0].float()).to(self.device)
 
     def _build_sas(self) -> StyleAlignedSamplingLoss:
@@ -229,9 +347,14 @@ class SASPortraitModel(StyleImageSplatModel):
         if index not in self._styled_photos:
             teacher = self.config.teacher
             vector = self._stylist.style_vector(self.style_image())
-            self._styled_photos[index] = self._stylist.stylise(
+            styled = self._stylist.stylise(
                 photo, vector, teacher.strength, teacher.preserve_colour, size=teacher.teacher_size
             ).to(photo)
+            mask = self.kwargs["metadata"].get("portrait_head_mask")  # the network paints the white background too
+            if mask is not None:
+                mask = mask.to(photo)[None, None]
+                styled = styled * mask + self._get_background_color().to(photo)[None, :, None, None] * (1 - mask)
+            self._styled_photos[index] = styled
         return self._styled_photos[index]
 
     def view_sets(self) -> dict[str, Callable[[Callable[[str], Views]], Views]]:
