@@ -63,7 +63,7 @@ def _backward(trainer) -> dict[str, torch.Tensor]:  # noqa: ANN001
 
 
 def test_the_splat_starts_from_paper_001s_template(astronaut: Path, tmp_path: Path, one_torch_thread: None) -> None:
-    model = _trainer(portrait_config(astronaut, tmp_path, 1, init_rgb=0.0)).pipeline.model  # init_rgb 0: the paper
+    model = _trainer(portrait_config(astronaut, tmp_path, 1, init="template", init_rgb=0.0)).pipeline.model
     assert model.num_points == 10_000  # IV.A.1: 10,000 points
     torch.testing.assert_close(torch.sigmoid(model.opacities), torch.full_like(model.opacities, 0.2))
     torch.testing.assert_close(torch.exp(model.scales), torch.full_like(model.scales, 0.02))
@@ -163,9 +163,10 @@ def test_a_face_embedding_file_must_hold_512_values(tmp_path: Path) -> None:
 
 
 def test_offline_silhouette_prior_keeps_the_template_opaque_from_the_side(astronaut: Path, tmp_path: Path) -> None:
+    """With paper 001's bare template (init template) nothing else keeps the sides solid offline."""
     from styleme3d_ns.models.portrait_priors import silhouette_loss, template_silhouette
 
-    trainer = _trainer(portrait_config(astronaut, tmp_path, 1))
+    trainer = _trainer(portrait_config(astronaut, tmp_path, 1, init="template"))
     model = _ready(trainer)
     prior = model.guidance.get("silhouette")
     assert prior is not None  # no diffusion weights here: the offline prior is on
@@ -198,3 +199,29 @@ def test_with_a_style_image_the_front_view_fits_the_photo_stylised_by_the_teache
     losses = model.get_loss_dict(outputs, batch)
     expected = model.config.front_weight * (views.images - styled).abs().mean()
     torch.testing.assert_close(losses["front"], expected)
+
+
+def test_the_offline_prior_starts_opaque_trains_what_the_photo_sees_and_drops_background_gaussians(
+    astronaut: Path, tmp_path: Path, one_torch_thread: None
+) -> None:
+    from styleme3d_ns.models.sas_portrait import PRIOR_OPACITY
+
+    trainer = _trainer(portrait_config(astronaut, tmp_path, 1))
+    model = trainer.pipeline.model
+    torch.testing.assert_close(torch.sigmoid(model.opacities), torch.full_like(model.opacities, PRIOR_OPACITY))
+    rgb = torch.sigmoid(model.features_dc)
+    assert float(rgb.std(dim=0).min()) > 0.05, "photo colours, not one flat colour"
+    assert "silhouette" not in model.guidance
+    before = model.gauss_params["features_dc"].detach().clone()
+    _backward(trainer)  # registers the photo-only gate at the first step
+    seen, _ = model._seen_by_photo()
+    assert 0.2 < float(seen.float().mean()) < 0.8  # the photo sees the front of the head, not the back
+    trainer.optimizers.optimizer_step_all()
+    moved = (model.gauss_params["features_dc"].detach() - before).abs().amax(dim=1) > 0
+    assert moved.any() and not moved[~seen].any(), "only the Gaussians the photo sees change colour"
+    n = model.num_points
+    with torch.no_grad():  # move ten Gaussians beside the head, over the photo's background
+        model.means[:10] = torch.tensor([0.9, 0.0, 0.0])
+    model.step_post_backward(1)
+    assert model.num_points == n - 10
+    assert float(model.means[:, 0].max()) < 0.9

@@ -37,8 +37,8 @@ SMOOTHING_ROUNDS = 3
 CRANIUM_PART, EAR_PARTS = 0, (3, 4)
 """The template part whose unseen surface is hair, and the ears (:data:`~styleme3d_ns.data.head_template.HEAD_BLOBS`'
 order)."""
-NAPE_Y = -0.3
-"""Head-frame height of the hairline at the back (about the mouth's level on a 1-unit head, ours)."""
+NAPE_Y = -0.4
+"""Head-frame height of the hairline at the back (between the mouth's and the chin's level on a 1-unit head, ours)."""
 HAIR_BACK_Z = -0.05
 """Head-frame depth behind which the unseen jaw and neck above the nape are hair (just behind the ears' centres)."""
 PHOTO, MIRROR, FILL = 0, 1, 2

@@ -63,6 +63,11 @@ PRIOR_OPACITY = 0.8
 """Initial opacity with the offline prior (ours). Paper 001's 0.2 leaves the 10,000-point head translucent: the
 front view then sees, and the front L1 repaints, the back of the head's Gaussians (confetti on the back, measured
 on the astronaut at 300 steps); at 0.8 the face covers them from the first step."""
+FACING_KEY = "portrait_facing"
+"""Key of the per-Gaussian "faces the photo's camera" flag in the densification state (inherited by children)."""
+FACING_COS = 0.35
+"""With photo-only training, a Gaussian's colour trains only where its initial surface normal is within about 70
+degrees of its ray to the photo's camera (cosine at least this)."""
 COLOUR_MASK = 0.9
 """With photo-only training, a Gaussian's colour trains only where the head mask at its centre is at least this."""
 STYLE_WEIGHT = 1e-4
@@ -76,6 +81,13 @@ face the photo already fixes."""
 # Our template frame is +y up with the face toward +z; MVDream's world is z-up with the front view looking along +y
 # (camera on -y). This rotation takes our world vectors to MVDream's: x -> x, y -> z, z -> -y.
 _TO_MVDREAM = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+
+
+def facing_the_photo(means: Tensor, normals: Tensor, rig: PortraitRig) -> Tensor:
+    """`[N]` bool: the normals `[N, 3]` at `means` `[N, 3]` are within :data:`FACING_COS` of the ray to the
+    photo's camera (on +z at the rig's distance)."""
+    rays = torch.tensor([0.0, 0.0, rig.radius], device=means.device, dtype=means.dtype) - means
+    return (torch.nn.functional.normalize(rays, dim=-1) * normals).sum(dim=-1) >= FACING_COS
 
 
 @dataclass
@@ -146,6 +158,10 @@ class SASPortraitModel(StyleImageSplatModel):
         self._gate: bool | None = None  # photo_only, decided at the first step
         self._seen: tuple[int, Tensor, Tensor] | None = None  # (step, seen by the photo, and inside the head)
         super().populate_modules()
+        normals = self.kwargs.get("metadata", {}).get("points3D_normals")
+        if self.config.init == "prior" and normals is not None and normals.shape[0] == self.num_points:
+            # per Gaussian, carried by gsplat through densification and pruning like its own running statistics
+            self.strategy_state[FACING_KEY] = facing_the_photo(self.means.detach(), normals.to(self.means), self.rig)
 
     @property
     def _silhouette_config(self) -> SilhouettePriorConfig:
@@ -250,8 +266,12 @@ class SASPortraitModel(StyleImageSplatModel):
     def _gate_gradients(self, optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
         """Optimizer pre-step hook (`photo_only`): zero the gradients of the Gaussians the photo does not see, and
         the colour gradients of those on the head's outline, where the photo's target fades to the white background
-        (they should fade out, not turn white)."""
+        (they should fade out, not turn white), and of those the photo sees at a grazing angle (their pixels are the
+        face's outline: trained, they turn into speckles seen from the side)."""
         seen, inside = self._seen_by_photo()
+        facing = self.strategy_state.get(FACING_KEY)
+        if facing is not None and facing.shape == inside.shape:
+            inside = inside & facing
         for group in optimizer.param_groups:
             for param in group["params"]:
                 if param.grad is not None and param.shape[:1] == seen.shape:
