@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy.spatial.transform import Rotation
 
 from styleme3d_ns.data.face_fit import (
@@ -24,6 +25,8 @@ from styleme3d_ns.guidance.faces import (
 
 SIZE = 64
 CAMERA = FrontCamera(SIZE, 49.1, 2.0)
+NAMED = {*TEMPLATE_ANCHORS, FACE_LEFT_EDGE, FACE_RIGHT_EDGE, EYE_LEFT_OUTER, EYE_RIGHT_OUTER, NOSE_TIP}
+"""Landmarks the synthetic face places by name; the rest of the lower face lies on its jaw ellipsoid."""
 
 
 def synthetic_face(rotation: np.ndarray, scale: float, translation: np.ndarray, face: tuple) -> np.ndarray:
@@ -37,7 +40,7 @@ def synthetic_face(rotation: np.ndarray, scale: float, translation: np.ndarray, 
     head[[EYE_LEFT_OUTER, EYE_RIGHT_OUTER]] = [(0.2, 0.05, 0.33), (-0.2, 0.05, 0.33)]
     head[NOSE_TIP] = (0.0, -0.1, 0.47)
     rng = np.random.default_rng(0)
-    for index in FACE_FIT_LANDMARKS:  # points on the ellipsoid's front half
+    for index in set(FACE_FIT_LANDMARKS) - NAMED:  # points on the ellipsoid's front half
         theta, phi = rng.uniform(-1.2, 1.2), rng.uniform(-1.3, 0.2)
         head[index] = (rx * np.sin(theta) * np.cos(phi), cy + ry * np.sin(phi), cz + rz * np.cos(theta) * np.cos(phi))
     return scale * head @ rotation.T + translation
@@ -55,11 +58,12 @@ def test_landmark_fitting_recovers_a_synthetic_faces_pose_scale_and_jaw() -> Non
     assert fit.scale == pytest.approx(1.05, rel=1e-3)
     np.testing.assert_allclose(fit.translation, translation, atol=1e-3)
     face = fit.blobs[1]
-    fitted = (face.centre[1], face.centre[2], *face.radii)
-    start = (template.centre[1], template.centre[2], *template.radii)
-    # the least squares moves every parameter most of the way from the template to the truth (a weak pull stays)
-    for got, want, was in zip(fitted, truth, start, strict=True):
-        assert abs(got - want) < 0.35 * abs(want - was) + 1e-3, (fitted, truth)
+    assert face.radii[0] == pytest.approx(truth[2], abs=0.01), "the jaw's width"
+    # the fitted ellipsoid passes through the jaw landmarks (the template's does not); the depth of a surface seen
+    # only from the front is weakly determined, so the fit is judged on the surface, not on each parameter
+    jaw = fit.to_head(synthetic_face(rotation, 1.05, translation, truth))[list(set(FACE_FIT_LANDMARKS) - NAMED)]
+    residual = lambda blob: np.abs(np.sqrt(blob.implicit(torch.from_numpy(jaw)).numpy()) - 1.0)
+    assert np.median(residual(face)) < min(0.02, 0.5 * np.median(residual(template)))
     # the world frame round trip
     points = np.random.default_rng(1).normal(size=(5, 3)) * 0.3
     np.testing.assert_allclose(fit.to_head(fit.to_world(points)), points, atol=1e-9)
@@ -103,7 +107,7 @@ def test_the_fills_colours_come_from_the_photo(astronaut_prior) -> None:  # noqa
 
     prior = astronaut_prior
     hair, skin, green = np.array([0.45, 0.25, 0.1]), np.array([0.9, 0.7, 0.6]), np.array([0.0, 1.0, 0.0])
-    person = prior.head_mask >= 0.5
+    person = prior.head_mask > 0  # the mask's soft edge is the person's too; green only where it is 0
     painted = np.where(person[..., None], skin, green)
     above_face = np.arange(SIZE)[:, None] < prior.landmarks[list(FACE_OVAL), 1].min() - 1
     painted[person & above_face] = hair

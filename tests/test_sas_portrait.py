@@ -222,6 +222,6 @@ def test_the_offline_prior_starts_opaque_trains_what_the_photo_sees_and_drops_ba
     n = model.num_points
     with torch.no_grad():  # move ten Gaussians beside the head, over the photo's background
         model.means[:10] = torch.tensor([0.9, 0.0, 0.0])
-    model.step_post_backward(1)
+    model.step_post_backward(0)  # the step the trainer ran
     assert model.num_points == n - 10
     assert float(model.means[:, 0].max()) < 0.9
