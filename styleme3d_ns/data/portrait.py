@@ -1,20 +1,22 @@
 """Single-photo portrait data: one front camera on the head template, plus the orbit cameras guidance renders from.
 
 `ns-train sas-portrait --data portrait.jpg` trains from one photo (paper 001): this parser turns the photo into a
-square image seen by a front camera, and hands the model the head template (paper 001 sec. IV.A.1) as seed points.
+square image seen by a front camera, and hands the model the initial splat's points: the head template (paper 001
+sec. IV.A.1) fitted to and coloured from the photo by the offline prior (:mod:`styleme3d_ns.data.portrait_prior`),
+or the bare template with ``--fit-face False``.
 Every other view is generated: :func:`orbit_cameras` draws random training views around the head and
 :func:`turntable_cameras` gives the 120-view circle paper 001 scores (sec. IV.C, Table 1).
 
 Assumptions (the frame is :mod:`styleme3d_ns.data.head_template`'s: +y up, face toward +z, head centred on the
 origin, 1 unit chin to crown):
 
-- the photo is a roughly frontal portrait. With the face models installed (dlib), it is cropped to a square so
-  that its nose tip and chin (landmarks 30 and 8) land where the front camera sees the template's
-  (:func:`face_aligned_box`); without them, or without a detectable face, it is centre-cropped. The crop is the view
-  of a camera on +z, at :data:`CAMERA_RADIUS` from the head's centre, looking at it, with vertical field of view
-  :data:`FOV_Y_DEG`;
-- there is no head-pose estimation: a turned head is fitted as if frontal; the guidance, not the photo, is what shapes
-  the unseen sides.
+- the photo is a roughly frontal portrait. MediaPipe's landmarks place a square crop so that the chin and the
+  forehead's top land where the front camera sees the template's
+  (:func:`~styleme3d_ns.data.portrait_prior.face_aligned_box`; ``--align-face False``: the centre square). The crop
+  is the view of a camera on +z, at :data:`CAMERA_RADIUS` from the head's centre, looking at it, with vertical field
+  of view :data:`FOV_Y_DEG`;
+- the fit estimates the head's pose (a turned head is rotated, the camera stays); the offline prior, or on a GPU the
+  guidance, is what shapes and colours the unseen sides.
 
 nerfstudio's `FullImageDatamanager` caches the one image and samples it every step; its eval split is the same image
 and camera (there is no held-out view of a single photo), so `ns-train`'s periodic eval reports a fit, not a
