@@ -147,3 +147,15 @@ def test_a_background_pixel_never_becomes_a_head_gaussian(astronaut_prior) -> No
     reference = colour_points(prior.surface, prior.fit, image, prior.head_mask, prior.landmarks, CAMERA)
     np.testing.assert_allclose(colours.rgb, reference.rgb, atol=1e-9)
     np.testing.assert_allclose(colours.hair, reference.hair, atol=1e-12)
+
+
+def test_missing_mediapipe_is_one_line_with_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from styleme3d_ns.guidance import faces
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mediapipe" else real(name, *a))
+    with pytest.raises(faces.MissingFaceModelsError, match="pip install mediapipe==0.10.11") as err:
+        faces.face_mesh_landmarks(np.zeros((8, 8, 3), dtype=np.uint8))
+    assert "\n" not in str(err.value)

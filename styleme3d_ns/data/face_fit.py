@@ -101,8 +101,8 @@ def landmarks_to_world(landmarks: np.ndarray, camera: FrontCamera) -> np.ndarray
 
     MediaPipe's depth is relative, in the scale of x: a landmark ``dz`` pixels behind another is ``dz * D / f``
     world units further at distance ``D``. The reference distance ``D`` is that of the template's forehead and chin
-    anchors, so a photo cropped to put those landmarks on the anchors (:func:`styleme3d_ns.data.portrait.align_to_face`)
-    gives a face of the template's size and depth.
+    anchors, so a photo cropped to put those landmarks on the anchors
+    (:func:`styleme3d_ns.data.portrait_prior.face_aligned_box`) gives a face of the template's size and depth.
     """
     landmarks = np.asarray(landmarks, dtype=np.float64)
     anchors = list(TEMPLATE_ANCHORS)
