@@ -153,7 +153,6 @@ class SASPortraitModel(StyleImageSplatModel):
         self._view_generator = torch.Generator().manual_seed(0)
         self._face_embeds: Tensor | None = None  # SAS identity conditioning, set when SAS is built
         self._stylist: MagentaStyleNetworks | None = None  # the offline teacher's network, set with a style image
-        self._styled_photos: dict[int, Tensor] = {}
         self._landmark_image: Tensor | None = None
         self._gate: bool | None = None  # photo_only, decided at the first step
         self._seen: tuple[int, Tensor, Tensor] | None = None  # (step, seen by the photo, and inside the head)
@@ -192,12 +191,8 @@ class SASPortraitModel(StyleImageSplatModel):
         front = self.photo_term("front", cfg.front_weight, "front-view L1")
         if self.style_paths:
             self.style_image()  # a bad style image stops the run before anything is built
+            # the offline teacher styles the trained head at the last step (step_post_backward)
             self._stylist = self._teacher_networks(cfg.offline_teacher)
-            if self._stylist is not None:  # offline, the portrait is fitted to the stylised photo
-                front.inputs = {"target_images": "styled_photos"}
-                front.label = "front-view L1 to the photo stylised by the offline teacher's network"
-                if self.step == 0:  # a fresh run (a loaded checkpoint keeps its colours)
-                    self._stylise_start()
         terms = [front]
         if self.style_paths and self._stylist is None:  # without the teacher, the Gram term styles the sides
             terms.append(self.sos_term(views="styled"))
@@ -218,13 +213,14 @@ class SASPortraitModel(StyleImageSplatModel):
         return terms
 
     @torch.no_grad()
-    def _stylise_start(self) -> None:
-        """The offline teacher styles the initial head from a ring of views at once (data/portrait_style.py)."""
+    def _stylise(self) -> None:
+        """The offline teacher styles the head from a ring of views at once (data/portrait_style.py), as styleme3d
+        stylises a reconstructed scene: every side from one solve, the trained face included."""
         teacher = StyleTeacher(self.config.teacher, self._stylist, self.style_image())
         splat = (self.means, self.quats, torch.exp(self.scales), torch.sigmoid(self.opacities)[:, 0])
         rgb = stylise_colours(*splat, torch.sigmoid(self.features_dc), teacher, self.rig, self._get_background_color())
         self.features_dc.data.copy_(torch.logit(rgb.clamp(1e-4, 1 - 1e-4)))
-        CONSOLE.log(f"offline teacher: the initial head styled from {len(teacher_views(self.rig)[0])} views around it")
+        CONSOLE.log(f"offline teacher: the head styled from {len(teacher_views(self.rig)[0])} views around it")
 
     def setup_terms(self) -> None:
         super().setup_terms()
@@ -281,6 +277,8 @@ class SASPortraitModel(StyleImageSplatModel):
         super().step_post_backward(step)
         if self._gate:
             self._drop_background()
+        if self._stylist is not None and self._plan_end is not None and step == self._plan_end - 1:
+            self._stylise()  # after the last optimiser step: the saved colours are the teacher's
 
     @torch.no_grad()
     def _drop_background(self) -> None:
@@ -353,30 +351,6 @@ class SASPortraitModel(StyleImageSplatModel):
         return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy())
 
     # ---------------------------------------------------------------- views
-    def train_views(self, outputs: dict, batch: dict) -> Views:
-        """The photo's view, plus the photo stylised once by the Magenta network (``"styled_photos"``) when the
-        offline teacher is on: the style image's palette and strokes on the face, identity kept by the photo."""
-        views = super().train_views(outputs, batch)
-        if self._stylist is not None:
-            views.add("styled_photos", lambda: self._styled_photo(int(batch.get("image_idx", 0)), views["photos"]))
-        return views
-
-    @torch.no_grad()
-    def _styled_photo(self, index: int, photo: Tensor) -> Tensor:
-        """`photo` `[1, 3, H, W]` stylised with the first style image (cached per training image)."""
-        if index not in self._styled_photos:
-            teacher = self.config.teacher
-            vector = self._stylist.style_vector(self.style_image())
-            styled = self._stylist.stylise(
-                photo, vector, teacher.strength, teacher.preserve_colour, size=teacher.teacher_size
-            ).to(photo)
-            mask = self.kwargs["metadata"].get("portrait_head_mask")  # the network paints the white background too
-            if mask is not None:
-                mask = mask.to(photo)[None, None]
-                styled = styled * mask + self._get_background_color().to(photo)[None, :, None, None] * (1 - mask)
-            self._styled_photos[index] = styled
-        return self._styled_photos[index]
-
     def view_sets(self) -> dict[str, Callable[[Callable[[str], Views]], Views]]:
         return {"random": self._random_view_set, "styled": self._styled_view_set, "mvdream": self._mvdream_view_set}
 
