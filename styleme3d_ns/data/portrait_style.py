@@ -1,10 +1,10 @@
-"""The portrait styled like the scenes: the offline teacher stylises the initial head from every side at once.
+"""The portrait styled like the scenes: the offline teacher stylises the trained head from every side at once.
 
 ``styleme3d`` stylises a reconstructed scene with the offline teacher (:mod:`styleme3d_ns.guidance.style_teacher`:
 Magenta stylisation of each view, harmonised across neighbouring views, then one least-squares colour solve). A
-portrait's initial splat is already a whole head (:mod:`styleme3d_ns.data.portrait_prior`), so the same teacher
-styles it before training, from a ring of views around it: every side gets the style from the same solve, so the
-sides agree with each other and with the front (ours; paper 001 styles with SAS and MVDream instead).
+portrait's splat is a whole head from the start (:mod:`styleme3d_ns.data.portrait_prior`), so once it has trained on
+the photo the same teacher styles it from a ring of views around it: every side gets the style from the same solve,
+so the sides agree with each other and with the front (ours; paper 001 styles with SAS and MVDream instead).
 
 The splat's colours here are plain RGB (sas-portrait trains at ``sh_degree`` 0, sigmoid colours); the teacher solves
 SH DC coefficients, which are RGB up to ``rgb = SH_C0 * dc + 0.5``, so the colours go in and come back through it.
