@@ -141,3 +141,6 @@ def test_portrait_demo_generates_a_head_that_keeps_the_photos_identity(tmp_path:
     np.testing.assert_allclose(np.stack([vertex[c] for c in "xyz"], axis=1), splat["means"].numpy(), atol=1e-6)
     front = json.loads((out / "metrics.json").read_text())["portrait"]["front"]
     assert front["identity_distance"] < 0.6, front  # dlib: the same person below 0.6
+    measures = json.loads((out / "measures.json").read_text())  # issue 23: a head from every side
+    assert measures["identity_yaw35"]["face_found"] and measures["background"]["gaussians"] == 0, measures
+    assert "side chroma spread" in proc.stdout and (out / "turntable_sheet.png").is_file()

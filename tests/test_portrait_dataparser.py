@@ -218,27 +218,16 @@ def test_ns_train_runs_a_few_steps_on_one_photo(photo: Path, tmp_path: Path, one
     assert sorted((run.parent / "nerfstudio_models").glob("step-*.ckpt"))
 
 
-def test_face_aligned_crop_puts_nose_tip_and_chin_on_the_templates() -> None:
-    from styleme3d_ns.data.portrait import (
-        CHIN_LANDMARK,
-        NOSE_TIP_LANDMARK,
-        TEMPLATE_CHIN,
-        TEMPLATE_NOSE_TIP,
-        _front_pixel,
-        face_aligned_box,
-    )
+def test_face_aligned_crop_puts_the_chin_and_forehead_on_the_templates() -> None:
+    from styleme3d_ns.data.face_fit import TEMPLATE_ANCHORS, FrontCamera
+    from styleme3d_ns.data.portrait_prior import face_aligned_box
+    from styleme3d_ns.guidance.faces import CHIN, FOREHEAD_TOP
 
-    landmarks = np.zeros((68, 2), dtype=np.float32)
-    landmarks[NOSE_TIP_LANDMARK] = (300.0, 220.0)
-    landmarks[CHIN_LANDMARK] = (304.0, 330.0)
+    landmarks = np.zeros((468, 3), dtype=np.float32)
+    landmarks[FOREHEAD_TOP, :2] = (300.0, 120.0)
+    landmarks[CHIN, :2] = (300.0, 330.0)
     left, top, side = face_aligned_box(landmarks, fov_deg=49.1, radius=2.0)
-    for index, point in ((NOSE_TIP_LANDMARK, TEMPLATE_NOSE_TIP), (CHIN_LANDMARK, TEMPLATE_CHIN)):
-        u, v = _front_pixel(point, 49.1, 2.0)
-        in_crop = (landmarks[index] - np.array([left, top])) / side
-        if index == NOSE_TIP_LANDMARK:
-            np.testing.assert_allclose(in_crop, (u, v), atol=1e-6)
-        else:  # the chin lands at the template chin's distance below the nose (the photo's chin may lean sideways)
-            nose_v = _front_pixel(TEMPLATE_NOSE_TIP, 49.1, 2.0)[1]
-            assert np.linalg.norm(landmarks[CHIN_LANDMARK] - landmarks[NOSE_TIP_LANDMARK]) / side == pytest.approx(
-                v - nose_v
-            )
+    camera = FrontCamera(1, 49.1, 2.0)  # pixels as fractions of the crop's side
+    for index in (FOREHEAD_TOP, CHIN):
+        in_crop = (landmarks[index, :2] - np.array([left, top])) / side
+        np.testing.assert_allclose(in_crop, camera.pixel_of(TEMPLATE_ANCHORS[index]), atol=1e-6)

@@ -193,7 +193,7 @@ def init_gaussians(
     points: Tensor,
     opacity: float = INIT_OPACITY,
     scale: float = INIT_SCALE,
-    colour: float | tuple[float, float, float] = INIT_COLOUR,
+    colour: float | tuple[float, float, float] | Tensor = INIT_COLOUR,
     sh_degree: int = 3,
 ) -> dict[str, Tensor]:
     """Splatfacto's Gaussian parameters for an initial cloud, with paper 001's initial values (sec. IV.A.1).
@@ -202,8 +202,9 @@ def init_gaussians(
         points: `[N, 3]` centres (e.g. :func:`sample_head_template`).
         opacity: initial opacity in (0, 1); paper 001: 0.2.
         scale: initial isotropic standard deviation in world units; paper 001: 0.02.
-        colour: initial RGB in [0, 1] (one value for all three channels, or a triple); paper 001: (0, 0, 0).
-            Values below :data:`BLACK_FLOOR` are raised to it so the colour gradient is not exactly zero.
+        colour: initial RGB in [0, 1]: one value for all three channels, a triple, or one per point `[N, 3]` (the
+            offline prior's photo colours); paper 001: (0, 0, 0). Values below :data:`BLACK_FLOOR` are raised to it
+            so the colour gradient is not exactly zero.
         sh_degree: the model's SH degree. Above 0, colours are SH coefficients (``features_dc = RGB2SH(rgb)``, as
             splatfacto); at 0, splatfacto and our frozen-colour base read ``sigmoid(features_dc)``, so it is a logit.
 
@@ -217,7 +218,7 @@ def init_gaussians(
     if scale <= 0.0:
         raise ValueError(f"scale must be positive, got {scale}")
     n = points.shape[0]
-    rgb = torch.as_tensor(colour, dtype=torch.float32).expand(3).clamp(BLACK_FLOOR, 1.0 - BLACK_FLOOR)
+    rgb = torch.as_tensor(colour, dtype=torch.float32).expand(n, 3).clamp(BLACK_FLOOR, 1.0 - BLACK_FLOOR)
     if sh_degree > 0:
         dc = (rgb - 0.5) / SH_C0  # splatfacto's RGB2SH
     else:
@@ -227,6 +228,6 @@ def init_gaussians(
         "scales": torch.full((n, 3), math.log(scale)),
         "quats": torch.tensor(INIT_QUAT_WXYZ).repeat(n, 1),
         "opacities": torch.full((n, 1), math.log(opacity / (1.0 - opacity))),
-        "features_dc": dc.repeat(n, 1),
+        "features_dc": dc.clone(),
         "features_rest": torch.zeros(n, (sh_degree + 1) ** 2 - 1, 3),
     }

@@ -1,20 +1,22 @@
 """Single-photo portrait data: one front camera on the head template, plus the orbit cameras guidance renders from.
 
 `ns-train sas-portrait --data portrait.jpg` trains from one photo (paper 001): this parser turns the photo into a
-square image seen by a front camera, and hands the model the head template (paper 001 sec. IV.A.1) as seed points.
+square image seen by a front camera, and hands the model the initial splat's points: the head template (paper 001
+sec. IV.A.1) fitted to and coloured from the photo by the offline prior (:mod:`styleme3d_ns.data.portrait_prior`),
+or the bare template with ``--fit-face False``.
 Every other view is generated: :func:`random_views` draws random training views around the head and
 :func:`turntable_cameras` gives the 120-view circle paper 001 scores (sec. IV.C, Table 1).
 
 Assumptions (the frame is :mod:`styleme3d_ns.data.head_template`'s: +y up, face toward +z, head centred on the
 origin, 1 unit chin to crown):
 
-- the photo is a roughly frontal portrait. With the face models installed (dlib), it is cropped to a square so
-  that its nose tip and chin (landmarks 30 and 8) land where the front camera sees the template's
-  (:func:`face_aligned_box`); without them, or without a detectable face, it is centre-cropped. The crop is the view
-  of a camera on +z, at :data:`CAMERA_RADIUS` from the head's centre, looking at it, with vertical field of view
-  :data:`FOV_Y_DEG`;
-- there is no head-pose estimation: a turned head is fitted as if frontal; the guidance, not the photo, is what shapes
-  the unseen sides.
+- the photo is a roughly frontal portrait. MediaPipe's landmarks place a square crop so that the chin and the
+  forehead's top land where the front camera sees the template's
+  (:func:`~styleme3d_ns.data.portrait_prior.face_aligned_box`; ``--align-face False``: the centre square). The crop
+  is the view of a camera on +z, at :data:`CAMERA_RADIUS` from the head's centre, looking at it, with vertical field
+  of view :data:`FOV_Y_DEG`;
+- the fit estimates the head's pose (a turned head is rotated, the camera stays); the offline prior, or on a GPU the
+  guidance, is what shapes and colours the unseen sides.
 
 nerfstudio's `FullImageDatamanager` caches the one image and samples it every step; its eval split is the same image
 and camera (there is no held-out view of a single photo), so `ns-train`'s periodic eval reports a fit, not a
@@ -23,8 +25,8 @@ generalisation score.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import math
 import os
 import tempfile
 import warnings
@@ -42,6 +44,7 @@ from torch import Tensor
 
 from styleme3d_ns.core.errors import UserInputError, exit_on_user_error
 from styleme3d_ns.data.head_template import HEAD_CENTRE, NUM_TEMPLATE_POINTS, sample_head_template
+from styleme3d_ns.data.portrait_prior import PortraitPrior, crop_to_face, find_face, portrait_prior
 from styleme3d_ns.render import camera
 
 FOV_Y_DEG = 49.1
@@ -181,13 +184,9 @@ def find_portrait(path: Path) -> Path:
     return path
 
 
-def load_portrait(path: str | Path, size: int, align: tuple[float, float] | None = None) -> np.ndarray:
-    """The portrait photo as a square `[size, size, 3]` uint8 RGB array (EXIF-rotated, cropped, resized).
-
-    With ``align = (fov_deg, radius)`` the crop is face-aligned to the head template (:func:`align_to_face`) when a
-    face is found; otherwise (or with ``align=None``) it is the centre square.
-
-    Transparent pixels are composited over white (with a warning): a cut-out portrait's background becomes paper.
+def read_photo(path: str | Path) -> Image.Image:
+    """The portrait photo as an RGB PIL image: EXIF-rotated, transparent pixels composited over white (with a
+    warning: a cut-out portrait's background becomes paper).
 
     Raises:
         UserInputError: missing path, a folder without exactly one image, or a file PIL cannot read.
@@ -205,93 +204,98 @@ def load_portrait(path: str | Path, size: int, align: tuple[float, float] | None
         warnings.warn(f"Portrait image {path} has transparency: composited over white.", UserWarning, stacklevel=2)
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    image = image.convert("RGB")
-    aligned = align_to_face(image, *align) if align is not None else None
-    if aligned is not None:
-        image = aligned
-    else:
-        side = min(image.size)
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side))
-    side = image.width
-    if side < size:
-        warnings.warn(f"Portrait image {path} is {side} px across; upscaled to {size}.", UserWarning, stacklevel=2)
-    if side != size:
+    return image.convert("RGB")
+
+
+def centre_square(image: Image.Image) -> tuple[Image.Image, tuple[int, int, int]]:
+    """The centre square of `image` and its box (left, top, side) in the image's pixels."""
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return image.crop((left, top, left + side, top + side)), (left, top, side)
+
+
+def resize_square(image: Image.Image, size: int, name: object = "the photo") -> np.ndarray:
+    """A square `image` resized to `[size, size, 3]` uint8 (LANCZOS; a warning when it is upscaled)."""
+    if image.width < size:
+        warnings.warn(f"Portrait image {name} is {image.width} px across; upscaled to {size}.", UserWarning,
+                      stacklevel=2)  # fmt: skip
+    if image.width != size:
         image = image.resize((size, size), Image.Resampling.LANCZOS)
     return np.asarray(image, dtype=np.uint8).copy()
 
 
-# Template points the photo is registered to (head_template.HEAD_BLOBS): the nose tip (front of the "nose" blob)
-# and the chin (bottom of the "face" blob), matched to dlib's iBUG landmarks 30 (nose tip) and 8 (chin).
-TEMPLATE_NOSE_TIP = (0.0, -0.02, 0.45)
-TEMPLATE_CHIN = (0.0, -0.5, 0.05)
-NOSE_TIP_LANDMARK, CHIN_LANDMARK = 30, 8
+def load_portrait(path: str | Path, size: int) -> np.ndarray:
+    """The portrait photo's centre square as a `[size, size, 3]` uint8 RGB array (:func:`read_photo`, resized)."""
+    return resize_square(centre_square(read_photo(path))[0], size, path)
 
 
-def _front_pixel(point: tuple[float, float, float], fov_deg: float, radius: float) -> tuple[float, float]:
-    """(x, y) of a template point in the front camera's image, as fractions of the image side."""
-    focal = 0.5 / math.tan(math.radians(fov_deg) / 2)  # in image sides
-    depth = radius - point[2]
-    return 0.5 + focal * point[0] / depth, 0.5 - focal * point[1] / depth
+def write_cached_image(image: np.ndarray, stem: str, cache_dir: Path | None = None) -> Path:
+    """Write `image` `[S, S, 3]` uint8 as a PNG named by `stem`, its size and its content; return its path.
 
-
-def face_aligned_box(landmarks: np.ndarray, fov_deg: float, radius: float) -> tuple[float, float, float]:
-    """(left, top, side) in photo pixels of the square crop whose front camera sees the face on the template.
-
-    The crop is scaled and placed so that the photo's nose tip and chin (landmarks 30 and 8) land where the front
-    camera sees the template's nose tip and chin; the template then sits under the face it has to explain.
+    nerfstudio's dataset reads images from files, so the training image lives in `cache_dir` (default: a folder in
+    the system temp dir). The name is a content hash, so concurrent runs share the file and a changed photo gets a
+    new one.
     """
-    nose_u, nose_v = _front_pixel(TEMPLATE_NOSE_TIP, fov_deg, radius)
-    _, chin_v = _front_pixel(TEMPLATE_CHIN, fov_deg, radius)
-    nose, chin = landmarks[NOSE_TIP_LANDMARK], landmarks[CHIN_LANDMARK]
-    side = float(np.linalg.norm(chin - nose)) / (chin_v - nose_v)
-    return float(nose[0]) - nose_u * side, float(nose[1]) - nose_v * side, side
-
-
-def align_to_face(image: Image.Image, fov_deg: float, radius: float) -> Image.Image | None:
-    """The square face-aligned crop of `image` (padded with white where it leaves the photo), or None without a
-    detectable face or without the face models (then the caller centre-crops)."""
-    try:
-        from styleme3d_ns.guidance.faces import FaceIdentity
-
-        faces = FaceIdentity()
-    except Exception:  # noqa: BLE001 - face models are optional here: no alignment, one warning
-        warnings.warn("Face models unavailable (pip install dlib-bin face-recognition-models): portrait centre-cropped",
-                      UserWarning, stacklevel=2)  # fmt: skip
-        return None
-    pixels = np.asarray(image)
-    box = faces.detect(pixels)
-    if box is None:
-        warnings.warn(
-            "No face found in the portrait: centre-cropped instead of face-aligned", UserWarning, stacklevel=2
-        )
-        return None
-    left, top, side = face_aligned_box(faces.landmarks(pixels, box), fov_deg, radius)
-    canvas = Image.new("RGB", (round(side), round(side)), (255, 255, 255))
-    canvas.paste(image, (-round(left), -round(top)))
-    return canvas
-
-
-def write_square_crop(
-    path: Path, size: int, cache_dir: Path | None = None, align: tuple[float, float] | None = None
-) -> Path:
-    """Write :func:`load_portrait`'s square crop as a PNG named by the photo's content and `size`; return its path.
-
-    nerfstudio's dataset reads images from files, so the crop lives in `cache_dir` (default: a folder in the system
-    temp dir). The name is a content hash, so concurrent runs share the file and a changed photo gets a new one.
-    """
-    source = find_portrait(Path(path))
-    image = load_portrait(source, size, align)
     folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "styleme3d-portrait"
     folder.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(image.tobytes()).hexdigest()[:16]
-    out = folder / f"{source.stem}-{size}px-{digest}.png"
+    out = folder / f"{stem}-{image.shape[0]}px-{digest}.png"
     if not out.is_file():
         handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{out.stem}.", suffix=".png")
         os.close(handle)
         Image.fromarray(image).save(tmp)
         os.replace(tmp, out)  # atomic: a concurrent reader sees the whole file or none
     return out
+
+
+@dataclass(frozen=True)
+class PortraitStart:
+    """What the data parser hands on: the training image and the initial splat's points."""
+
+    image: np.ndarray
+    """`[S, S, 3]` uint8 training image."""
+    points: Tensor
+    """`[N, 3]` float32 initial positions."""
+    normals: Tensor
+    """`[N, 3]` float32 outward unit normals."""
+    rgb: Tensor
+    """`[N, 3]` uint8 initial colours (1/255 everywhere without the face fit: paper 001's black, one level up)."""
+    head_mask: Tensor | None
+    """`[S, S]` float32 in [0, 1]: where the training image shows the head (None without the face fit)."""
+    prior: PortraitPrior | None
+    """The offline prior it came from (landmarks, masks, fit, hair and skin colours), None without the face fit."""
+
+
+@functools.lru_cache(maxsize=4)
+def portrait_start(
+    path: Path, stamp: tuple[int, int], size: int, fov_deg: float, radius: float, n_points: int, seed: int,
+    align_face: bool, fit_face: bool,
+) -> PortraitStart:  # fmt: skip
+    """The training image and initial splat of the photo at `path` (`stamp`: its mtime and size, so an edited photo
+    is read again; the parser asks once per split).
+
+    align_face: crop so the chin and the forehead's top (MediaPipe landmarks) land on the template's
+    (:func:`~styleme3d_ns.data.portrait_prior.face_aligned_box`); else the centre square.
+    fit_face: the offline prior (:func:`~styleme3d_ns.data.portrait_prior.portrait_prior`): the fitted, coloured head
+    and the photo without its background; else the bare template (paper 001 IV.A.1) and the whole crop.
+    """
+    photo = read_photo(path)
+    if align_face or fit_face:
+        landmarks = find_face(np.asarray(photo), str(path))
+    if align_face:
+        crop, box = crop_to_face(photo, landmarks, fov_deg, radius)
+    else:
+        crop, box = centre_square(photo)
+    image = resize_square(crop, size, path)
+    if fit_face:
+        left, top, _ = box
+        in_crop = np.concatenate([landmarks[:, :2] - (left, top), landmarks[:, 2:]], axis=1)
+        prior = portrait_prior(crop, in_crop, image, fov_deg, radius, n_points, seed)
+        rgb = torch.round(prior.rgb * 255).clamp(1, 255).to(torch.uint8)
+        return PortraitStart(prior.image, prior.points, prior.normals, rgb, torch.from_numpy(prior.head_mask), prior)
+    points, normals = sample_head_template(n_points, seed=seed)
+    # RGB 1/255, not 0: black sits on the clamp of SH colours where the colour gradient is exactly zero
+    return PortraitStart(image, points, normals, torch.ones_like(points, dtype=torch.uint8), None, None)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -321,7 +325,12 @@ class PortraitDataParserConfig(DataParserConfig):
     cache_dir: Path | None = None
     """Folder for the square crop nerfstudio reads (default: styleme3d-portrait/ in the system temp dir)."""
     align_face: bool = True
-    """Crop the photo so its nose tip and chin (dlib landmarks) fall on the template's; centre crop if no face."""
+    """Crop the photo so its chin and forehead's top (MediaPipe landmarks) fall on the template's; False: centre
+    crop."""
+    fit_face: bool = True
+    """Offline prior (ours): fit the head template to the photo's face and outline, colour it all round from the
+    photo, and keep the background out of the training image (docs/sas-portrait.md). False: paper 001's bare
+    template and the whole photo as the target."""
 
 
 class PortraitDataParser(DataParser):
@@ -341,22 +350,24 @@ class PortraitDataParser(DataParser):
                 raise UserInputError(f"--image-size {cfg.image_size} is too small; use 64 or more (default 512)")
             if not 1.0 < cfg.fov_deg < 170.0:
                 raise UserInputError(f"--fov-deg {cfg.fov_deg} must be between 1 and 170 degrees (default 49.1)")
-            align = (cfg.fov_deg, cfg.camera_radius) if cfg.align_face else None
-            image_path = write_square_crop(cfg.data, cfg.image_size, cfg.cache_dir, align)
+            source = find_portrait(Path(cfg.data))
+            stat = source.stat()
+            start = portrait_start(source, (stat.st_mtime_ns, stat.st_size), cfg.image_size, cfg.fov_deg,
+                                   cfg.camera_radius, cfg.num_template_points, cfg.template_seed, cfg.align_face,
+                                   cfg.fit_face)  # fmt: skip
+            image_path = write_cached_image(start.image, source.stem, cfg.cache_dir)
         rig = PortraitRig(cfg.image_size, cfg.fov_deg, cfg.camera_radius, tuple(cfg.elevation_range_deg))
-        points, normals = sample_head_template(cfg.num_template_points, seed=cfg.template_seed)
-        # RGB 1/255, not 0: black sits on the clamp of SH colours where the colour gradient is exactly zero
-        rgb = torch.ones_like(points, dtype=torch.uint8)
         return DataparserOutputs(
             image_filenames=[image_path],
             cameras=rig.front(),
             scene_box=SceneBox(aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])),
             metadata={
-                "points3D_xyz": points,
-                "points3D_rgb": rgb,
-                "points3D_normals": normals,
+                "points3D_xyz": start.points,
+                "points3D_rgb": start.rgb,
+                "points3D_normals": start.normals,
                 "portrait_rig": rig,
                 "portrait_image": image_path,
+                "portrait_head_mask": start.head_mask,
             },
         )
 

@@ -12,12 +12,20 @@ packaged counterpart used for measuring it and for drawing landmark conditioning
 Everything ships in two wheels, ``pip install dlib-bin face-recognition-models`` (~126 MB of model files); nothing is
 downloaded at run time. ``face_recognition_models`` is located without importing it: its ``__init__`` imports
 ``pkg_resources``, which current setuptools no longer ships.
+
+The portrait's face surface and segmentation use MediaPipe's packaged models instead (``mediapipe==0.10.11``, the
+last release that accepts nerfstudio's protobuf<=3.20.3 pin):
+
+- :func:`face_mesh_landmarks`: the 468 3D landmarks of ``modules/face_landmark/face_landmark.tflite`` (after
+  ``modules/face_detection/face_detection_short_range.tflite``), run through MediaPipe's Face Mesh graph;
+- :func:`person_mask`: ``modules/selfie_segmentation/selfie_segmentation.tflite``, person vs background.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,6 +35,28 @@ import numpy as np
 from styleme3d_ns.core.errors import MissingWeightsError
 
 INSTALL_HINT = "pip install dlib-bin face-recognition-models"
+MEDIAPIPE_HINT = "pip install mediapipe==0.10.11 (or the project's extra: pip install -e .[portrait])"
+FACE_MESH_MODELS = (
+    "modules/face_detection/face_detection_short_range.tflite",
+    "modules/face_landmark/face_landmark.tflite",
+)
+"""Packaged MediaPipe models Face Mesh runs (paths inside the mediapipe wheel): the short-range face detector, then
+the 468-landmark model."""
+SELFIE_SEGMENTATION_MODEL = "modules/selfie_segmentation/selfie_segmentation.tflite"
+"""Packaged MediaPipe person/background segmentation model (the square 256 x 256 "general" one)."""
+NUM_FACE_MESH_LANDMARKS = 468
+
+# MediaPipe Face Mesh indices (its canonical face's vertex numbering). The face oval, in order around the face
+# (from the forehead's top, 10, toward the subject's left); the midline from forehead to chin; named points.
+FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176,
+             149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)  # fmt: skip
+MIDLINE = (10, 151, 9, 8, 168, 6, 197, 195, 5, 4, 1, 19, 94, 2, 164, 0, 11, 12, 13, 14, 15, 16, 17, 18, 200, 199, 175,
+           152)  # fmt: skip
+FOREHEAD_TOP, CHIN, NOSE_TIP = 10, 152, 1
+FACE_RIGHT_EDGE, FACE_LEFT_EDGE = 234, 454  # the subject's right (image left) and left cheek edges at eye height
+EYE_RIGHT_OUTER, EYE_LEFT_OUTER = 33, 263
+CHEEKS = (50, 280, 205, 425, 101, 330, 151)
+"""Skin patches: both cheeks (two points each) and the middle of the forehead."""
 SAME_PERSON_DISTANCE = 0.6
 """dlib's threshold on the Euclidean distance of two ResNet descriptors: below it, the same person (dlib reports
 99.38% accuracy on LFW with it; face_recognition's default ``tolerance``)."""
@@ -278,3 +308,59 @@ def landmark_image(landmarks: np.ndarray, size: int | tuple[int, int], thickness
     for x, y in pixels:
         cv2.circle(canvas, (int(x), int(y)), thickness + 1, (255, 255, 255), -1)
     return canvas
+
+
+# ---------------------------------------------------------------------------------------------------- MediaPipe
+def mediapipe_model(relative: str) -> Path:
+    """Path of a model file packaged in the mediapipe wheel, found without importing mediapipe.
+
+    Raises:
+        MissingFaceModelsError: mediapipe is not installed, or the file is not in it (one line with the pip command).
+    """
+    spec = importlib.util.find_spec("mediapipe")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingFaceModelsError(f"the portrait's face fit needs mediapipe; run: {MEDIAPIPE_HINT}")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise MissingFaceModelsError(f"mediapipe model {path} is missing; reinstall with: {MEDIAPIPE_HINT}")
+    return path
+
+
+@functools.cache
+def _mediapipe_solutions() -> tuple[Any, Any]:
+    """MediaPipe's Face Mesh and Selfie Segmentation solution modules (imported once; glog's info lines muted)."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    try:
+        from mediapipe.python.solutions import face_mesh, selfie_segmentation
+    except ImportError as err:
+        raise MissingFaceModelsError(f"mediapipe cannot be imported ({err}); run: {MEDIAPIPE_HINT}") from None
+    return face_mesh, selfie_segmentation
+
+
+def face_mesh_landmarks(image: Any) -> np.ndarray | None:
+    """MediaPipe Face Mesh's 468 landmarks of the most prominent face in `image` `[H, W, 3]`, or None without a face.
+
+    Returns:
+        `[468, 3]` float32: x, y in pixels, and z the landmark's depth in pixels of the same scale as x (MediaPipe
+        gives it in image widths), relative to the face's centre: smaller is nearer the camera.
+    """
+    for relative in FACE_MESH_MODELS:
+        mediapipe_model(relative)
+    face_mesh, _ = _mediapipe_solutions()
+    pixels = as_uint8_rgb(image)
+    height, width = pixels.shape[:2]
+    with face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False) as mesh:
+        result = mesh.process(pixels)
+    if not result.multi_face_landmarks:
+        return None
+    points = result.multi_face_landmarks[0].landmark
+    return np.array([(p.x * width, p.y * height, p.z * width) for p in points], dtype=np.float32)
+
+
+def person_mask(image: Any) -> np.ndarray:
+    """`[H, W]` float32 in [0, 1]: MediaPipe Selfie Segmentation's probability that each pixel shows the person."""
+    mediapipe_model(SELFIE_SEGMENTATION_MODEL)
+    _, selfie_segmentation = _mediapipe_solutions()
+    with selfie_segmentation.SelfieSegmentation(model_selection=0) as segmentation:
+        mask = segmentation.process(as_uint8_rgb(image)).segmentation_mask
+    return np.clip(np.asarray(mask, dtype=np.float32), 0.0, 1.0)

@@ -142,6 +142,25 @@ class SurfaceGuidedStrategy(DefaultStrategy):
     offset_clones: bool = True
     """Give clones a tangent-plane offset ``d ~ N(0, Sigma)`` as eq. 5-6 state; False copies them in place (3DGS)."""
 
+    reset_at_start: bool = True
+    """gsplat resets opacities (caps them at 2 x ``prune_opa``) whenever ``step % reset_every == 0``, step 0 included,
+    where it only caps the initial opacities; False skips that first reset, for an initial splat that is opaque on
+    purpose (sas-portrait's offline prior)."""
+
+    def step_post_backward(
+        self,
+        params: dict[str, torch.nn.Parameter] | torch.nn.ParameterDict,
+        optimizers: dict[str, torch.optim.Optimizer],
+        state: dict[str, Any],
+        step: int,
+        info: dict[str, Any],
+        packed: bool = False,
+    ) -> None:
+        if step == 0 and not self.reset_at_start and step < self.refine_stop_iter:
+            self._update_state(params, state, info, packed=packed)  # all the parent does at step 0 but the reset
+            return
+        super().step_post_backward(params, optimizers, state, step, info, packed)
+
     @classmethod
     def from_default(cls, strategy: DefaultStrategy, **overrides: Any) -> SurfaceGuidedStrategy:
         """The surface-guided version of an existing `DefaultStrategy` (every setting copied, then `overrides`)."""
