@@ -1,4 +1,5 @@
-"""`styleme3d-export`: nerfstudio's `ns-export gaussian-splat`, with the .ply written whole or not at all.
+"""`styleme3d-export`: nerfstudio's `ns-export gaussian-splat`, with the .ply written whole or not at all, and
+`--web DIR`: the run as a static web page with its palette and look controls (apps/web_export.py, docs/web.md).
 
 nerfstudio 1.1.5's exporter opens `<output-dir>/splat.ply` and writes it value by value, so a full disk or Ctrl-C
 leaves a truncated file under the final name. It offers no seam: `ExportGaussianSplat.main` calls
@@ -6,6 +7,9 @@ leaves a truncated file under the final name. It offers no seam: `ExportGaussian
 nerfstudio's exporter unchanged into a private folder beside the target (same file system), then fsyncs and renames
 the finished file onto the final name. Same options as `ns-export gaussian-splat`; the output folder is checked
 before the model loads.
+
+    styleme3d-export --load-config outputs/.../config.yml --output-dir exports/     # the look as splat.ply
+    styleme3d-export --load-config outputs/.../config.yml --web page/                # the web page folder
 """
 
 from __future__ import annotations
@@ -20,27 +24,55 @@ import tyro
 from nerfstudio.scripts.exporter import ExportGaussianSplat
 
 from styleme3d_ns.core.atomic import atomic_path, check_writable, new_folders
-from styleme3d_ns.core.errors import exit_on_user_error
+from styleme3d_ns.core.errors import UserInputError, exit_on_user_error
 
 PROG = "styleme3d-export"
 
 
 @dataclass
 class AtomicExportGaussianSplat(ExportGaussianSplat):
-    """Export a run's 3D Gaussian splat to a .ply (as `ns-export gaussian-splat`), written whole or not at all."""
+    """Export a run's 3D Gaussian splat to a .ply (as `ns-export gaussian-splat`), written whole or not at all, and/or
+    a stylised run as a web page folder (--web)."""
+
+    output_dir: Path | None = None  # type: ignore[assignment]
+    """Folder for the .ply (needed unless --web is given)."""
+    web: Path | None = None
+    """Write the run as a static web page into this new folder: geometry, base colours, one colour set per palette
+    entry, the page and its splat renderer; serve it with `python -m http.server -d WEB` (docs/web.md)."""
+    web_codebook: int = 4096
+    """Codebook entries for each colour set's higher SH bands on the page (at most 65536; more = closer, larger)."""
 
     def main(self) -> None:
         with exit_on_user_error(PROG):
-            target = Path(self.output_dir) / self.output_filename
-            check_writable(target, what="export", hint="choose another --output-dir")
-            with new_folders(target.parent):
-                staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
-                try:
-                    with atomic_path(target, hint="choose another --output-dir") as tmp:
-                        ExportGaussianSplat.main(replace(self, output_dir=staging))
-                        os.replace(staging / self.output_filename, tmp)
-                finally:
-                    shutil.rmtree(staging, ignore_errors=True)
+            if self.web is None and self.output_dir is None:
+                raise UserInputError("give --output-dir for the .ply, --web for a web page folder, or both")
+            if not 1 <= self.web_codebook <= 65536:
+                raise UserInputError(f"--web-codebook {self.web_codebook} is not in 1..65536; 4096 is the default")
+            if self.web is not None:
+                self._export_web()
+            if self.output_dir is not None:
+                self._export_ply()
+
+    def _export_web(self) -> None:
+        from styleme3d_ns.apps.web_export import WebScene, check_web_target, write_web_folder
+        from styleme3d_ns.eval.render import load_pipeline
+
+        check_web_target(self.web)  # one line now, not after the model has loaded
+        _, pipeline = load_pipeline(self.load_config)
+        scene = WebScene.from_model(pipeline.model, pipeline.datamanager.train_dataset.cameras)
+        print(f"{PROG}: {write_web_folder(scene, self.web, self.web_codebook).line()}")
+
+    def _export_ply(self) -> None:
+        target = Path(self.output_dir) / self.output_filename
+        check_writable(target, what="export", hint="choose another --output-dir")
+        with new_folders(target.parent):
+            staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+            try:
+                with atomic_path(target, hint="choose another --output-dir") as tmp:
+                    ExportGaussianSplat.main(replace(self, output_dir=staging))
+                    os.replace(staging / self.output_filename, tmp)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         print(f"{PROG}: wrote {target}")
 
 
