@@ -265,3 +265,47 @@ def test_exported_page_draws_our_render_and_its_controls_change_it(stylised_run:
         assert mean_abs(second, ours["second"]) < PAGE_BOUND
         assert min(mean_abs(second, styled), mean_abs(second, base)) > 4 * PAGE_BOUND
     assert blocked == [], f"the page asked for more than its folder: {blocked}"
+
+
+def test_export_refuses_a_full_folder_and_a_missing_engine_before_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from styleme3d_ns.apps.export import AtomicExportGaussianSplat
+
+    full = tmp_path / "page"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    missing_run = tmp_path / "no-run" / "config.yml"  # never read: the checks come first
+    with pytest.raises(SystemExit, match="exists and is not an empty folder"):
+        AtomicExportGaussianSplat(load_config=missing_run, web=full).main()
+    assert (full / "keep.txt").read_text() == "mine"
+    monkeypatch.setenv("STYLEME3D_NODE_PREFIX", str(tmp_path / "no-node"))
+    with pytest.raises(SystemExit, match=f"needs PlayCanvas' engine.*npm install .*playcanvas@{ENGINE_VERSION}"):
+        AtomicExportGaussianSplat(load_config=missing_run, web=tmp_path / "new").main()
+    with pytest.raises(SystemExit, match="give --output-dir"):
+        AtomicExportGaussianSplat(load_config=missing_run).main()
+    assert not (tmp_path / "new").exists()
+
+
+def test_batch_web_exports_each_finished_stylisation_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from styleme3d_ns.batch import cli
+    from styleme3d_ns.batch.jobs import Job, JobResult
+
+    def job(name: str, kind: str = "stylise") -> Job:
+        return Job(name, kind, "scene", name, "styleme3d", tmp_path / name, ("ns-train",))
+
+    jobs = [job("done"), job("skipped"), job("failed"), job("has-page"), job("base", kind="base")]
+    (tmp_path / "has-page" / "web").mkdir(parents=True)
+    statuses = ["done", "skipped", "failed", "done", "done"]
+    results = {j.id: JobResult(j.id, status) for j, status in zip(jobs, statuses, strict=True)}
+    calls = []
+
+    def run(cmd, **kwargs) -> subprocess.CompletedProcess:  # noqa: ANN001, ANN003
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout=f"styleme3d-export: wrote {cmd[-1]} (1.0 MB ...)\n")
+
+    monkeypatch.setattr(cli.subprocess, "run", run)
+    cli._write_pages(jobs, results)
+    assert [cmd[-1] for cmd in calls] == [str(tmp_path / "done" / "web"), str(tmp_path / "skipped" / "web")]
+    assert calls[0][1:4] == ["-m", "styleme3d_ns.apps.export", "--load-config"]
+    assert calls[0][4] == str(tmp_path / "done" / "config.yml")
