@@ -185,12 +185,12 @@ def offline_page(url: str, blocked: list[str], size: int = PAGE_SIZE) -> Iterato
             browser.close()
 
 
-def drawn_frame(page, after: int) -> np.ndarray:  # noqa: ANN001
+def drawn_frame(page, after: int, timeout_ms: int = PAGE_TIMEOUT_MS) -> np.ndarray:  # noqa: ANN001
     """The canvas as [H, W, 3] float32 in [0, 255] once a look newer than version `after` has been drawn."""
     page.wait_for_function(
         f"window.styleme3d.error || (window.styleme3d.lookVersion > {after}"
         " && window.styleme3d.drawnVersion === window.styleme3d.lookVersion)",
-        timeout=PAGE_TIMEOUT_MS,
+        timeout=timeout_ms,
     )
     assert page.evaluate("window.styleme3d.error") is None
     page.evaluate("for (const id of ['panel', 'status']) document.getElementById(id).style.display = 'none'")

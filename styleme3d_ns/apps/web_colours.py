@@ -41,7 +41,7 @@ class QuantisedColours:
         return {"dc_min": self.dc_min, "dc_max": self.dc_max, "codebook_size": self.codebook_size}
 
 
-def kmeans(vectors: Tensor, size: int, iterations: int = 8, sample: int = 131072) -> tuple[Tensor, Tensor]:
+def kmeans(vectors: Tensor, size: int, iterations: int = 8, sample: int = 65536) -> tuple[Tensor, Tensor]:
     """Lloyd's k-means codebook of `vectors` [N, D]: (centroids [K, D], labels [N] int64), K = min(size, N).
 
     The centroids are fitted on a random sample of at most max(`sample`, 8 K) vectors (seeded: the same export

@@ -168,7 +168,10 @@ async function main() {
   matchRasteriser(device); // the splat shader chunks exist once the gsplat system is up
   app.setCanvasFillMode(pc.FILLMODE_FILL_WINDOW);
   app.setCanvasResolution(pc.RESOLUTION_AUTO);
-  window.addEventListener("resize", () => app.resizeCanvas());
+  window.addEventListener("resize", () => {
+    app.resizeCanvas();
+    app.renderNextFrame = true;
+  });
   app.start();
 
   // the geometry, decoded to plain arrays; its colours are replaced by the look's
