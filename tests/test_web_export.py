@@ -60,26 +60,24 @@ def test_sog_keeps_the_order_and_decodes_within_its_quantisation(tmp_path: Path)
     unit = quats / np.linalg.norm(quats, axis=1, keepdims=True)
     assert np.abs(np.abs((back.quats * unit).sum(1)) - 1).max() < 1e-4  # the same rotation (q or -q), 8-bit parts
     assert np.abs(back.opacities - geometry.opacities).max() <= 0.5 / 255 + 1e-6
-    # 256-entry codebooks from k-means: far finer than uniform steps over the range (5/256 for the log-scales)
-    assert np.abs(back.log_scales - geometry.log_scales).mean() < 0.01
-    assert np.abs(back.dc - geometry.dc).mean() < 0.02
+    # log-scales: 256 even steps over their range (5 here), so within half a step, the largest ones included
+    assert np.abs(back.log_scales - geometry.log_scales).max() <= 0.5 * 5 / 255 + 1e-4
+    assert np.abs(back.dc - geometry.dc).mean() < 0.02  # a 256-entry k-means codebook (other viewers' colours)
 
 
 def test_colour_sets_decode_within_their_quantisation() -> None:
     torch.manual_seed(0)
     dc, rest = torch.randn(500, 3) * 2, torch.randn(500, 15, 3) * 0.1
-    exact = quantise_colours(dc, rest, codebook_size=512)  # K >= N: every vector is its own entry
+    exact = quantise_colours(dc, rest, codebook_size=64)  # at most 65536 Gaussians: every vector is its own entry
+    assert exact.codebook_size == 500
     dc_back, rest_back = dequantise_colours(exact, 500, 15)
     span = dc.max(0).values - dc.min(0).values
     assert ((dc_back - dc).abs() <= span / 131070 + 1e-6).all()
     assert torch.allclose(rest_back, rest.half().float())
-    coarse = quantise_colours(dc, rest, codebook_size=64)
-    assert coarse.codebook_size == 64
-    _, rest_coarse = dequantise_colours(coarse, 500, 15)
     flat = rest.reshape(500, -1)
-    centroids, labels = kmeans(flat, 64)
+    centroids, labels = kmeans(flat, 64)  # what a larger scene gets
+    assert centroids.shape == (64, 45)
     assert torch.equal(labels, nearest(flat, centroids))  # each vector takes its nearest entry
-    assert torch.allclose(rest_coarse.reshape(500, -1), centroids[labels].half().float())
     # k-means beats a random codebook of the same size by a clear margin
     random_book = flat[torch.randperm(500)[:64]]
     error = (flat - centroids[labels]).square().sum(1).mean()

@@ -40,7 +40,8 @@ class AtomicExportGaussianSplat(ExportGaussianSplat):
     """Write the run as a static web page into this new folder: geometry, base colours, one colour set per palette
     entry, the page and its splat renderer; serve it with `python -m http.server -d WEB` (docs/web.md)."""
     web_codebook: int = 4096
-    """Codebook entries for each colour set's higher SH bands on the page (at most 65536; more = closer, larger)."""
+    """Codebook entries for each colour set's higher SH bands on the page, for runs of more than 65536 Gaussians
+    (smaller ones keep every vector); at most 65536: more is closer, larger and slower to export."""
 
     def main(self) -> None:
         with exit_on_user_error(PROG):
