@@ -82,10 +82,6 @@ def first_frame(folder: Path, size: int, screenshot: Path | None = None) -> tupl
 
 def decoded_renders(run: Path, folder: Path, looks: dict[str, LookConfig], size: int) -> dict[str, np.ndarray]:
     """Our renders of what the page received: the run's model with the export's decoded geometry and colours."""
-    from styleme3d_ns.eval.render import load_pipeline
-
-    _, pipeline = load_pipeline(run)
-    model = pipeline.model
     meta = json.loads((folder / "scene.json").read_text())
     geometry, count = read_sog(folder / "scene.sog"), meta["count"]
     rest_bands = (meta["sh_degree"] + 1) ** 2 - 1
@@ -95,7 +91,8 @@ def decoded_renders(run: Path, folder: Path, looks: dict[str, LookConfig], size:
         quantised = QuantisedColours(data, entry["dc_min"], entry["dc_max"], entry["codebook_size"])
         return dequantise_colours(quantised, count, rest_bands)
 
-    with torch.no_grad():
+    @torch.no_grad()
+    def decode_into(model) -> None:  # noqa: ANN001 - GuidedSplatModel
         model.means.copy_(torch.from_numpy(geometry.means))
         model.quats.copy_(torch.from_numpy(geometry.quats))
         model.scales.copy_(torch.from_numpy(geometry.log_scales))
@@ -107,14 +104,8 @@ def decoded_renders(run: Path, folder: Path, looks: dict[str, LookConfig], size:
             dc.copy_(decoded_dc if model.config.sh_degree > 0 else torch.logit(0.5 + SH_C0 * decoded_dc))
             if rest_bands:
                 rest.copy_(decoded_rest)
-    frames = {}
-    for name, look in looks.items():
-        camera = pipeline.datamanager.train_dataset.cameras[0:1]
-        camera.rescale_output_resolution(size / int(camera.width.item()))
-        model.config.look = look
-        with torch.no_grad():
-            frames[name] = (model.get_outputs_for_camera(camera)["rgb"].numpy() * 255).round().astype(np.float32)
-    return frames
+
+    return our_renders(run, looks, size, edit=decode_into)
 
 
 def demo_run(work: Path) -> Path:

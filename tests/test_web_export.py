@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -197,12 +197,17 @@ def drawn_frame(page, after: int, timeout_ms: int = PAGE_TIMEOUT_MS) -> np.ndarr
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32)
 
 
-def our_renders(run: Path, looks: dict[str, LookConfig], size: int) -> dict[str, np.ndarray]:
-    """Our rasteriser's frames of the run's first training view at `size` px, one per look, [H, W, 3] in [0, 255]."""
+def our_renders(
+    run: Path, looks: dict[str, LookConfig], size: int, edit: Callable | None = None
+) -> dict[str, np.ndarray]:
+    """Our rasteriser's frames of the run's first training view at `size` px, one per look, [H, W, 3] in [0, 255];
+    `edit(model)` first changes the loaded model (e.g. to what an export decodes to)."""
     from styleme3d_ns.eval.render import load_pipeline
 
     _, pipeline = load_pipeline(run)
     model = pipeline.model
+    if edit is not None:
+        edit(model)
     frames = {}
     for name, look in looks.items():
         camera = pipeline.datamanager.train_dataset.cameras[0:1]
