@@ -8,9 +8,9 @@ A colour set (`dc [N, 3]`, `rest [N, R, 3]` SH coefficients, R = (degree + 1)^2 
 
 The higher bands are 15 x 3 numbers at degree 3; stored plainly they would be 45 bytes even at 8 bits, so a
 1 M-Gaussian scene with base + 3 styles would need 180 MB. A codebook over whole vectors (SOG's shN does the
-same) makes them 2 bytes. A scene of at most 65536 Gaussians keeps every vector (K = N, only float16 rounding);
-a larger one gets a k-means codebook of `codebook_size` entries (4096 by default: 20 s per set for 1 M Gaussians
-on 2 cores).
+same) makes them 2 bytes. A scene of at most 65536 Gaussians keeps every distinct vector (only float16 rounding);
+a larger one, unless it has at most `codebook_size` distinct vectors, gets a k-means codebook of `codebook_size`
+entries (4096 by default: about 20 s per set for 1 M Gaussians on 2 cores).
 """
 
 from __future__ import annotations
@@ -44,16 +44,17 @@ class QuantisedColours:
 
 
 def kmeans(vectors: Tensor, size: int, iterations: int = 8, sample: int = 65536) -> tuple[Tensor, Tensor]:
-    """Lloyd's k-means codebook of `vectors` [N, D]: (centroids [K, D], labels [N] int64), K = min(size, N).
+    """Lloyd's k-means codebook of `vectors` [N, D]: (centroids [K, D], labels [N] int64), K <= size.
 
-    The centroids are fitted on a random sample of at most max(`sample`, 8 K) vectors (seeded: the same export
-    twice gives the same bytes), then every vector takes its nearest centroid. With N <= size the codebook is the
-    vectors themselves.
+    With at most `size` distinct vectors the codebook is those vectors (exact; e.g. a base whose higher bands are all
+    zero gets one entry). Otherwise the centroids are fitted on a random sample of at most max(`sample`, 8 size)
+    vectors (seeded: the same export twice gives the same bytes), then every vector takes its nearest centroid.
     """
     count = vectors.shape[0]
     vectors = vectors.float()
-    if count <= size:
-        return vectors.clone(), torch.arange(count)
+    distinct, inverse = torch.unique(vectors, dim=0, return_inverse=True)
+    if distinct.shape[0] <= size:
+        return distinct, inverse
     generator = torch.Generator().manual_seed(0)
     fit = vectors[torch.randperm(count, generator=generator)[: max(sample, 8 * size)]]
     centroids = fit[torch.randperm(fit.shape[0], generator=generator)[:size]].clone()
@@ -83,7 +84,7 @@ def quantise_colours(dc: Tensor, rest: Tensor, codebook_size: int) -> QuantisedC
     size = 0
     if rest.shape[1] > 0:
         count = rest.shape[0]
-        size = count if count <= MAX_CODEBOOK else min(codebook_size, MAX_CODEBOOK)
+        size = MAX_CODEBOOK if count <= MAX_CODEBOOK else min(codebook_size, MAX_CODEBOOK)
         centroids, labels = kmeans(rest.detach().cpu().reshape(count, -1), size)
         size = centroids.shape[0]
         parts += [labels.numpy().astype("<u2").tobytes(), centroids.numpy().astype("<f2").tobytes()]
