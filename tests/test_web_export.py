@@ -314,3 +314,21 @@ def test_batch_web_exports_each_finished_stylisation_once(tmp_path: Path, monkey
     assert [cmd[-1] for cmd in calls] == [str(tmp_path / "done" / "web"), str(tmp_path / "skipped" / "web")]
     assert calls[0][1:4] == ["-m", "styleme3d_ns.apps.export", "--load-config"]
     assert calls[0][4] == str(tmp_path / "done" / "config.yml")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_page_says_in_one_line_when_the_browser_lacks_webgl2(tmp_path: Path) -> None:
+    for name in ("index.html", "style.css", "page.js", "look.js"):
+        shutil.copyfile(WEB / name, tmp_path / name)  # the check comes before the engine or any data is loaded
+    from playwright.sync_api import sync_playwright
+
+    with static_server(tmp_path) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--disable-3d-apis", "--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(url + "/index.html")
+            page.wait_for_function("window.styleme3d && window.styleme3d.error !== null", timeout=PAGE_TIMEOUT_MS)
+            status = page.locator("#status").inner_text()
+        finally:
+            browser.close()
+    assert status.startswith("This page needs WebGL2") and "\n" not in status

@@ -5,8 +5,9 @@
 // recomputes the look's SH coefficients per Gaussian on the CPU and uploads them into the engine's colour and SH
 // textures; the geometry never changes.
 
-import * as pc from "./playcanvas.min.mjs";
 import { blends, mix } from "./look.js";
+
+let pc; // PlayCanvas' engine, loaded once the browser is known to have WebGL2
 
 const SH_C0 = 0.28209479177387814;
 const NEAR = 0.01; // as our rasteriser's near plane
@@ -142,10 +143,11 @@ function projection(view, width, height, out) {
 
 async function main() {
   const canvas = document.getElementById("canvas");
-  if (!canvas.getContext("webgl2")) {
+  if (!document.createElement("canvas").getContext("webgl2")) { // a spare canvas: the engine sets up the real one
     fail("This page needs WebGL2, which this browser does not offer: try a current Chrome, Firefox or Safari.");
     return;
   }
+  pc = await import("./playcanvas.min.mjs");
   const scene = await (await fetch("scene.json")).json();
   const count = scene.count, restBands = (scene.sh_degree + 1) ** 2 - 1, restWidth = restBands * 3;
   status.textContent = `loading ${count.toLocaleString()} Gaussians`;
