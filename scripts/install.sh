@@ -18,10 +18,14 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test,guidance,portrait,style,batch]"
-# Optional: PlayCanvas' splat converter, a reader we did not write; tests/test_ply_scene.py checks exports with it.
+# Optional, with npm: PlayCanvas' splat converter (a reader we did not write; tests/test_ply_scene.py checks exports
+# with it) and PlayCanvas' engine, pinned: `styleme3d-export --web` copies it into every page (docs/web.md).
 if command -v npm >/dev/null 2>&1; then
-  npm install --silent --no-audit --no-fund --prefix .venv/node "@playcanvas/splat-transform@3" >/dev/null 2>&1 \
-    || echo "splat-transform not installed (npm install failed); its test skips"
+  npm install --silent --no-audit --no-fund --prefix .venv/node "@playcanvas/splat-transform@3" "playcanvas@2.23.3" \
+    >/dev/null 2>&1 || echo "splat-transform and the PlayCanvas engine not installed (npm install failed): \
+--web pages and the splat-transform test are unavailable"
+else
+  echo "npm not found: styleme3d-export --web needs it (apt-get install npm, then rerun scripts/install.sh)"
 fi
 # numba compiles the CPU rasteriser's kernels once and caches them: do it now rather than in the first run
 .venv/bin/python -m styleme3d_ns.render.warm_kernels

@@ -1,4 +1,5 @@
-"""`styleme3d-export`: nerfstudio's `ns-export gaussian-splat`, with the .ply written whole or not at all.
+"""`styleme3d-export`: nerfstudio's `ns-export gaussian-splat`, with the .ply written whole or not at all, and
+`--web DIR`: the run as a static web page with its palette and look controls (apps/web_export.py, docs/web.md).
 
 nerfstudio 1.1.5's exporter opens `<output-dir>/splat.ply` and writes it value by value, so a full disk or Ctrl-C
 leaves a truncated file under the final name. It offers no seam: `ExportGaussianSplat.main` calls
@@ -6,7 +7,11 @@ leaves a truncated file under the final name. It offers no seam: `ExportGaussian
 nerfstudio's exporter unchanged into a private folder beside the target (same file system), then fsyncs and renames
 the finished file onto the final name. Same options as `ns-export gaussian-splat`; the output folder is checked
 before the model loads, and so are the run's checkpoint (whole, not truncated) and look; `--pipeline.model.look.*`
-exports another look than the one stored in the run's config.yml (:mod:`styleme3d_ns.apps.saved_run`).
+exports another look than the one stored in the run's config.yml (:mod:`styleme3d_ns.apps.saved_run`). `--web` writes
+the run as a static web page folder instead of (or beside) the .ply.
+
+    styleme3d-export --load-config outputs/.../config.yml --output-dir exports/     # the look as splat.ply
+    styleme3d-export --load-config outputs/.../config.yml --web page/                # the web page folder
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from nerfstudio.scripts.exporter import ExportGaussianSplat
 
 from styleme3d_ns.apps.saved_run import PipelineOverride, opened_run
 from styleme3d_ns.core.atomic import atomic_path, check_writable, new_folders
-from styleme3d_ns.core.errors import exit_on_user_error
+from styleme3d_ns.core.errors import UserInputError, exit_on_user_error
 
 PROG = "styleme3d-export"
 
@@ -30,26 +35,56 @@ PROG = "styleme3d-export"
 @dataclass
 class AtomicExportGaussianSplat(ExportGaussianSplat):
     """Export a run's 3D Gaussian splat to a .ply (as `ns-export gaussian-splat`), written whole or not at all, with
-    the run's look or the one `--pipeline.model.look.*` sets."""
+    the run's look or the one `--pipeline.model.look.*` sets, and/or the run as a web page folder (--web)."""
 
+    output_dir: Path | None = None  # type: ignore[assignment]
+    """Folder for the .ply (needed unless --web is given)."""
     pipeline: PipelineOverride = field(default_factory=PipelineOverride)
-    """`--pipeline.model.look.*`: export this look instead of the one in the run's config.yml (unset fields keep it)."""
+    """`--pipeline.model.look.*`: export this look instead of the one in the run's config.yml (unset fields keep it);
+    the web page opens at it."""
+    web: Path | None = None
+    """Write the run as a static web page into this new folder: geometry, base colours, one colour set per palette
+    entry, the page and its splat renderer; serve it with `python -m http.server -d WEB` (docs/web.md)."""
+    web_codebook: int = 4096
+    """Codebook entries for each colour set's higher SH bands on the page, for runs of more than 65536 Gaussians
+    (smaller ones keep every vector); at most 65536: more is closer, larger and slower to export."""
 
     def main(self) -> None:
         with exit_on_user_error(PROG):
-            target = Path(self.output_dir) / self.output_filename
-            check_writable(target, what="export", hint="choose another --output-dir")
-            with new_folders(target.parent):
-                staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
-                try:
-                    with (
-                        opened_run(self.load_config, self.pipeline, staging) as config,
-                        atomic_path(target, hint="choose another --output-dir") as tmp,
-                    ):
-                        ExportGaussianSplat.main(replace(self, output_dir=staging, load_config=config))
-                        os.replace(staging / self.output_filename, tmp)
-                finally:
-                    shutil.rmtree(staging, ignore_errors=True)
+            if self.web is None and self.output_dir is None:
+                raise UserInputError("give --output-dir for the .ply, --web for a web page folder, or both")
+            if not 1 <= self.web_codebook <= 65536:
+                raise UserInputError(f"--web-codebook {self.web_codebook} is not in 1..65536; 4096 is the default")
+            if self.web is not None:
+                self._export_web()
+            if self.output_dir is not None:
+                self._export_ply()
+
+    def _export_web(self) -> None:
+        from styleme3d_ns.apps.web_export import WebScene, check_web_target, write_web_folder
+        from styleme3d_ns.eval.render import load_pipeline
+
+        check_web_target(self.web)  # one line now, not after the model has loaded
+        with tempfile.TemporaryDirectory(prefix=".styleme3d-web-") as staging:
+            with opened_run(self.load_config, self.pipeline, Path(staging)) as config:
+                _, pipeline = load_pipeline(config)
+            scene = WebScene.from_model(pipeline.model, pipeline.datamanager.train_dataset.cameras)
+        print(f"{PROG}: {write_web_folder(scene, self.web, self.web_codebook).line()}")
+
+    def _export_ply(self) -> None:
+        target = Path(self.output_dir) / self.output_filename
+        check_writable(target, what="export", hint="choose another --output-dir")
+        with new_folders(target.parent):
+            staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+            try:
+                with (
+                    opened_run(self.load_config, self.pipeline, staging) as config,
+                    atomic_path(target, hint="choose another --output-dir") as tmp,
+                ):
+                    ExportGaussianSplat.main(replace(self, output_dir=staging, load_config=config))
+                    os.replace(staging / self.output_filename, tmp)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         print(f"{PROG}: wrote {target}")
 
 

@@ -4,7 +4,8 @@
     styleme3d-batch grid.yaml --address auto       # an existing cluster (`ray start --head` on its head node)
 
 Finished jobs are skipped, so rerunning (after a kill, a failure or an added style) does only what is missing.
-Writes results.csv, results.json and one contact sheet per method into the grid's output folder (docs/batch.md).
+Writes results.csv, results.json and one contact sheet per method into the grid's output folder (docs/batch.md);
+with --web, also a web page per stylised run (`<run>/web`, docs/web.md).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import fcntl
 import shlex
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -58,6 +60,9 @@ class BatchConfig:
     """CPUs of the embedded Ray (default: all of this machine's). Ignored with --address."""
     dry_run: bool = False
     """List the jobs, their commands and which are finished; run nothing."""
+    web: bool = False
+    """Also share each stylised run as a web page: `styleme3d-export --web <run folder>/web` (docs/web.md), for runs
+    that have none yet."""
 
 
 @contextlib.contextmanager
@@ -119,6 +124,22 @@ def _run(todo: list[Job], results: dict[str, JobResult], config: BatchConfig) ->
         run_on_ray(todo, dict(results), options, arrived, started)
 
 
+def _write_pages(jobs: list[Job], results: dict[str, JobResult]) -> None:
+    """`styleme3d-export --web` for every finished stylisation without a page yet (one process each, as a user
+    would run it); a failure is reported in one line and does not stop the others."""
+    for job in jobs:
+        page = job.run_dir / "web"
+        result = results.get(job.id)
+        if job.kind != "stylise" or result is None or result.status == "failed" or page.exists():
+            continue
+        cmd = [sys.executable, "-m", "styleme3d_ns.apps.export", "--load-config", str(job.run_dir / "config.yml"),
+               "--web", str(page)]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        lines = (done.stdout if done.returncode == 0 else done.stderr).strip().splitlines() or ["(no output)"]
+        verb = "page" if done.returncode == 0 else "page failed"
+        CONSOLE.print(f"{verb} {job.id}: {lines[-1]}", highlight=False, soft_wrap=True)
+
+
 def _finish(grid: Grid, jobs: list[Job], results: dict[str, JobResult]) -> int:
     """Write results and sheets, list failures; the exit status (1 when any job failed)."""
     sheets = write_contact_sheets(grid, jobs, results)
@@ -173,6 +194,8 @@ def _main(config: BatchConfig, todo: list[Job], results: dict[str, JobResult]) -
             todo.extend(j for j in jobs if j.id not in finished)
             if todo:
                 _run(todo, results, config)
+            if config.web:
+                _write_pages(jobs, results)
             return _finish(grid, jobs, results)
 
 
