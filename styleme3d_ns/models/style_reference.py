@@ -21,7 +21,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
 from styleme3d_ns.core.errors import UserInputError
-from styleme3d_ns.data.ply_scene import OrbitRig, orbit_views
+from styleme3d_ns.data.rigs import OrbitRig, orbit_views
 from styleme3d_ns.data.style_image import load_style_image
 from styleme3d_ns.guidance.gram import GramStyleLoss, GramStyleLossConfig
 from styleme3d_ns.guidance.style_teacher import StyleTeacherConfig
