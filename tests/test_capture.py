@@ -388,3 +388,70 @@ def test_a_splat_file_with_transforms_json_stylises_and_round_trips(
     model_dc = pipeline.model.features_dc.detach().numpy()
     assert np.abs(exported["features_dc"] - model_dc).max() <= 0.5 / 255 / 0.2820948 + 1e-5, "the run's colours"
     assert np.abs(exported["features_dc"] - decoded["features_dc"]).max() > 0.1, "which stylisation moved"
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def _tiny_maps(count: int, size: int = 24) -> tuple[list, object]:  # noqa: ANN001
+    """`count` colour maps of tiny_splat from an orbit at `size` px, and their cameras."""
+    from styleme3d_ns.data.rigs import OrbitRig, orbit_views
+    from styleme3d_ns.render.camera import viewmat_from_c2w
+    from styleme3d_ns.render.colour_map import ColourMap
+
+    splat = tiny_splat(n=200, degree=1)
+    rig = OrbitRig.around(splat["means"], "-y", 2.0, size, 50.0, 1.1)
+    cameras = rig.cameras(*orbit_views(count, (10.0, 40.0), 1)["train"])
+    maps = [
+        ColourMap.build(
+            splat["means"],
+            splat["quats"],
+            torch.exp(splat["scales"]),
+            torch.sigmoid(splat["opacities"])[:, 0],
+            viewmat_from_c2w(cameras.camera_to_worlds[i : i + 1]),
+            cameras[i : i + 1].get_intrinsics_matrices(),
+            size,
+            size,
+            sh_degree=1,
+        )  # fmt: skip
+        for i in range(count)
+    ]
+    return maps, cameras
+
+
+def test_the_colour_map_cache_holds_at_most_its_memory_budget() -> None:
+    from styleme3d_ns.render.colour_map import ColourMapCache
+
+    maps, _ = _tiny_maps(6)
+    budget = int(2.5 * max(m.nbytes for m in maps))
+    cache = ColourMapCache(capacity=256, max_bytes=budget)
+    geometry = (torch.zeros(1),)
+    for round_ in range(2):
+        for i, cmap in enumerate(maps):
+            assert cache.get(i, geometry, lambda cmap=cmap: cmap) is cmap
+            assert cache.nbytes <= budget, (round_, i, cache.nbytes)
+    assert 1 <= len(cache._maps) <= 2, "the oldest went first"
+    assert sum(m.nbytes for m in maps) > 2 * budget, "without the budget all six would stay"
+
+
+def test_the_teacher_builds_the_views_that_fit_spread_over_all() -> None:
+    """teacher_views builds maps one view at a time, farthest first, and stops at its byte budget with one line."""
+    from types import SimpleNamespace
+
+    from styleme3d_ns.models.offline_teacher import spread_order, teacher_views
+
+    maps, cameras = _tiny_maps(12)
+    order = spread_order(cameras.camera_to_worlds)
+    assert sorted(order.tolist()) == list(range(12))
+    azimuth = torch.rad2deg(torch.atan2(cameras.camera_to_worlds[:, 0, 3] - 0.5, cameras.camera_to_worlds[:, 2, 3] - 2))
+    first_four = azimuth[order[:4]]
+    gaps = torch.diff(torch.sort(torch.remainder(first_four, 360)).values)
+    assert gaps.min() >= 60.0, "the first views taken are spread around the orbit"
+    built = iter(maps[i] for i in order.tolist())
+    renderer = SimpleNamespace(view=lambda c: (torch.eye(4)[None], torch.eye(3)[None], 24, 24),
+                               colour_map=lambda *a: next(built))  # fmt: skip
+    model = SimpleNamespace(base_features_dc=None, base_features_rest=None, device="cpu", renderer=renderer,
+                            render_colours=lambda *a, **k: (None, None, torch.zeros(24, 24, 1)))  # fmt: skip
+    lines: list[str] = []
+    budget = sum(m.nbytes for m in (maps[i] for i in order[:5].tolist()))
+    views = teacher_views(model, cameras, 1.0, budget, lines.append)
+    assert [id(m) for m in views["maps"]] == [id(maps[i]) for i in order[:5].tolist()]
+    assert views["depths"].shape == (5, 1, 24, 24) and len(lines) == 1 and "5 of 12 views" in lines[0]
