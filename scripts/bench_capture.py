@@ -99,12 +99,38 @@ class PeakMemory:
         return self.peak
 
 
+def write_sheet(config_yml: Path, path: Path) -> None:
+    """Base | stylised renders of training views 0 (looking at the core) and 7 (looking outwards) at full size."""
+    import torch
+
+    from styleme3d_ns.eval.render import load_pipeline
+    from styleme3d_ns.eval.sheet import contact_sheet
+
+    _, pipeline = load_pipeline(config_yml)
+    model = pipeline.model
+    cameras = pipeline.datamanager.train_dataset.cameras
+    background = model._get_background_color()
+    rows = []
+    with torch.no_grad():
+        for index in (0, 7):
+            camera = cameras[index : index + 1].to(model.device)
+            row = []
+            for dc, rest in (
+                (model.base_features_dc, model.base_features_rest),
+                (model.features_dc, model.features_rest),
+            ):
+                rgb, alpha, _ = model.render_colours(camera, dc, rest)
+                row.append((rgb + (1 - alpha) * background).clamp(0, 1))
+            rows.append(row)
+    print(f"sheet (base | stylised, training views 0 and 7): {contact_sheet(rows, path)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gaussians", type=int, default=1_000_000)
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--style", default="immunohistochemistry", help="image path or scikit-image sample name")
-    parser.add_argument("--keep", type=Path, default=None, help="copy the run folder here (for renders, sheets)")
+    parser.add_argument("--sheet", type=Path, default=None, help="after timing: write a before/after PNG of two views")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from styleme3d_ns.apps.demo import style_image_file
@@ -133,7 +159,7 @@ def main() -> None:
         if process.returncode != 0:
             print(output[-4000:])
             raise SystemExit(f"bench_capture: ns-train failed (exit {process.returncode})")
-        flat = " ".join(output.split())
+        flat = " ".join(re.sub(r"\S+\.py:\d+", "", output).split())  # without rich's "file.py:123" columns
         views = re.search(r"views: (.*?\(--rig [a-z]+[^)]*\))", flat)
         teacher = re.findall(r"'[^']+': (\d+) views fitted in ([\d.]+) s", flat)
         print(f"CPU, {psutil.cpu_count()} cores; command: {' '.join(cmd)}")
@@ -146,9 +172,8 @@ def main() -> None:
         if target:
             print(f"targets {target[0]:.0f} s, {target[1]:.0f} GiB: time {wall / target[0]:.2f} x, memory "
                   f"{peak / target[1]:.2f} x")  # fmt: skip
-        if args.keep is not None:
-            shutil.copytree(work / "runs", args.keep / "runs", dirs_exist_ok=True)
-            shutil.copy(ply, args.keep / ply.name)
+        if args.sheet is not None:
+            write_sheet(next((work / "runs").rglob("config.yml")), args.sheet)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # our own temporary folder
 

@@ -1,18 +1,20 @@
-"""A 3DGS `.ply` as the whole scene: the base splat read from the file, orbit cameras and their renders made here.
+"""A splat file as the whole scene: the base splat read from the file, views and their renders made here.
 
-`ns-train styleme3d --data scene.ply` (or a folder holding one `.ply`) stylises a splat exported by any 3DGS tool
-(INRIA's code, gsplat, nerfstudio's `ns-export gaussian-splat`, Postshot, Polycam, SuperSplat) without its photos or
-a nerfstudio checkpoint. Colour-only stylisation needs neither: the base render is the content reference. So this
-parser:
+`ns-train styleme3d --data scene.ply` (or `.splat`, `.spz`, `.ksplat`, `.sog`, an INRIA output folder, a folder
+holding one splat file) stylises a splat exported by any 3DGS tool (INRIA's code, gsplat, nerfstudio's
+`ns-export gaussian-splat`, Postshot, Polycam, SuperSplat) without its photos or a nerfstudio checkpoint.
+Colour-only stylisation needs neither: the base render is the content reference. So this parser:
 
-- reads the Gaussians by property name (any order, SH degree 0-3, normals optional; :func:`read_splat_ply`) and hands
-  them to the model in ``metadata["base_splat"]`` untouched, in the file's own coordinates, so that
-  `ns-export gaussian-splat` writes them back bit for bit;
-- places cameras on an orbit (a few elevations) around the splat's robust bounds (percentiles of the centres), about
-  the up axis the exporter used (:data:`UP_AXES`; docs/ply.md lists each tool's);
+- decodes other formats to a plain 3DGS `.ply` (:mod:`styleme3d_ns.data.splat_formats`), reads the Gaussians by
+  property name (any order, SH degree 0-3, normals optional; :func:`read_splat_ply`) and hands them to the model in
+  ``metadata["base_splat"]`` untouched, in the file's own coordinates, so that `ns-export gaussian-splat` writes them
+  back bit for bit;
+- takes the views from the capture's cameras when they travel with the splat, else from a rig (an orbit around an
+  object, a ring inside the background of an unbounded scene), about the up axis the exporter used
+  (:mod:`styleme3d_ns.data.views`; docs/ply.md);
 - renders those views of the base splat with our rasteriser into a content-addressed cache folder, because
-  nerfstudio's datamanager reads images from files (train: the orbit; eval: views halfway between its azimuths).
-  The renders keep their alpha, so each model composites them over its own background.
+  nerfstudio's datamanager reads images from files. The renders keep their alpha, so each model composites them
+  over its own background.
 """
 
 from __future__ import annotations
