@@ -340,8 +340,3 @@ def describe_size(cameras: Cameras) -> str:
     )
     text = [f"{w}x{h}" for w, h in (sizes[0], sizes[-1])]
     return text[0] if len(sizes) == 1 else f"{text[0]} .. {text[1]}"
-
-
-def focal_from_fov(fov_deg: float, size: int) -> float:
-    """Focal length in pixels for a field of view of `fov_deg` across `size` pixels."""
-    return size / (2.0 * math.tan(math.radians(fov_deg) / 2.0))
