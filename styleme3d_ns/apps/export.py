@@ -52,12 +52,12 @@ class AtomicExportGaussianSplat(ExportGaussianSplat):
                 staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
                 try:
                     ply_name = Path(self.output_filename).with_suffix(".ply").name
-                    ExportGaussianSplat.main(replace(self, output_dir=staging, output_filename=ply_name))
-                    if self.format == "ply":
-                        with atomic_path(target, hint="choose another --output-dir") as tmp:
+                    with atomic_path(target, hint="choose another --output-dir") as tmp:
+                        ExportGaussianSplat.main(replace(self, output_dir=staging, output_filename=ply_name))
+                        if self.format == "ply":
                             os.replace(staging / ply_name, tmp)
-                    else:
-                        encode_splat(staging / ply_name, target, self.format)
+                        else:
+                            encode_splat(staging / ply_name, tmp, self.format)
                 finally:
                     shutil.rmtree(staging, ignore_errors=True)
         print(f"{PROG}: wrote {target}")

@@ -210,20 +210,19 @@ def write_plain_ply(path: Path, splat: dict[str, np.ndarray]) -> Path:
 
 
 def encode_splat(ply: Path, target: Path, fmt: OutputFormat) -> None:
-    """Write the plain 3DGS `.ply` `ply` (an `ns-export gaussian-splat` output) to `target` in format `fmt`
-    (`target` is replaced whole or not at all). `.splat` is encoded here (:func:`encode_splat_records`), `.spz` and
-    `.sog` by splat-transform; "ply" copies."""
+    """Write the plain 3DGS `.ply` `ply` (an `ns-export gaussian-splat` output) to the file `target` in format `fmt`,
+    whatever `target`'s name (callers write through :func:`~styleme3d_ns.core.atomic.atomic_path`). `.splat` is
+    encoded here (:func:`encode_splat_records`), `.spz` and `.sog` by splat-transform; "ply" copies."""
     target = Path(target)
-    with atomic_path(target, hint="choose another --output-dir") as tmp:
-        if fmt == "ply":
-            shutil.copyfile(ply, tmp)
-        elif fmt == "splat":
-            encode_splat_records(_read_plain_ply(ply)).tofile(tmp)
-        else:
-            with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as work:
-                written = Path(work) / f"splat{OUTPUT_SUFFIXES[fmt]}"  # the suffix picks splat-transform's writer
-                run_splat_transform(Path(ply), written, f"writing {target.name} ({fmt})")
-                os.replace(written, tmp)
+    if fmt == "ply":
+        shutil.copyfile(ply, target)
+    elif fmt == "splat":
+        encode_splat_records(_read_plain_ply(ply)).tofile(target)
+    else:
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as work:
+            written = Path(work) / f"splat{OUTPUT_SUFFIXES[fmt]}"  # the suffix picks splat-transform's writer
+            run_splat_transform(Path(ply), written, f"writing {fmt}")
+            os.replace(written, target)
 
 
 def _read_plain_ply(path: Path) -> dict[str, np.ndarray]:
