@@ -113,7 +113,7 @@ def test_a_folder_with_one_ply_is_the_scene_and_datasets_are_not(tmp_path: Path)
     assert find_splat_ply(tmp_path) is None, "a nerfstudio dataset with a point cloud .ply stays a dataset"
     (tmp_path / "transforms.json").unlink()
     shutil.copy(path, tmp_path / "other.ply")
-    with pytest.raises(UserInputError, match="2 .ply files"):
+    with pytest.raises(UserInputError, match="2 splat files"):
         find_splat_ply(tmp_path)
 
 
@@ -219,7 +219,9 @@ def _export(config_yml: Path, out: Path) -> Path:
 
 def _splat_transform_reads(ply: Path, out: Path) -> np.ndarray | None:
     """The .splat records splat-transform (PlayCanvas' converter) writes from `ply`, or None without it."""
-    tool = shutil.which("splat-transform") or (str(SPLAT_TRANSFORM) if SPLAT_TRANSFORM.exists() else None)
+    from styleme3d_ns.data.splat_formats import splat_transform_tool
+
+    tool = splat_transform_tool() or (str(SPLAT_TRANSFORM) if SPLAT_TRANSFORM.exists() else None)
     if tool is None:
         return None
     subprocess.run([tool, str(ply), str(out)], check=True, capture_output=True, timeout=120)

@@ -1,25 +1,26 @@
-"""A 3DGS `.ply` as the whole scene: the base splat read from the file, orbit cameras and their renders made here.
+"""A splat file as the whole scene: the base splat read from the file, views and their renders made here.
 
-`ns-train styleme3d --data scene.ply` (or a folder holding one `.ply`) stylises a splat exported by any 3DGS tool
-(INRIA's code, gsplat, nerfstudio's `ns-export gaussian-splat`, Postshot, Polycam, SuperSplat) without its photos or
-a nerfstudio checkpoint. Colour-only stylisation needs neither: the base render is the content reference. So this
-parser:
+`ns-train styleme3d --data scene.ply` (or `.splat`, `.spz`, `.ksplat`, `.sog`, an INRIA output folder, a folder
+holding one splat file) stylises a splat exported by any 3DGS tool (INRIA's code, gsplat, nerfstudio's
+`ns-export gaussian-splat`, Postshot, Polycam, SuperSplat) without its photos or a nerfstudio checkpoint.
+Colour-only stylisation needs neither: the base render is the content reference. So this parser:
 
-- reads the Gaussians by property name (any order, SH degree 0-3, normals optional; :func:`read_splat_ply`) and hands
-  them to the model in ``metadata["base_splat"]`` untouched, in the file's own coordinates, so that
-  `ns-export gaussian-splat` writes them back bit for bit;
-- places cameras on an orbit (a few elevations) around the splat's robust bounds (percentiles of the centres), about
-  the up axis the exporter used (:data:`UP_AXES`; docs/ply.md lists each tool's);
+- decodes other formats to a plain 3DGS `.ply` (:mod:`styleme3d_ns.data.splat_formats`), reads the Gaussians by
+  property name (any order, SH degree 0-3, normals optional; :func:`read_splat_ply`) and hands them to the model in
+  ``metadata["base_splat"]`` untouched, in the file's own coordinates, so that `ns-export gaussian-splat` writes them
+  back bit for bit;
+- takes the views from the capture's cameras when they travel with the splat, else from a rig (an orbit around an
+  object, a ring inside the background of an unbounded scene), about the up axis the exporter used
+  (:mod:`styleme3d_ns.data.views`; docs/ply.md);
 - renders those views of the base splat with our rasteriser into a content-addressed cache folder, because
-  nerfstudio's datamanager reads images from files (train: the orbit; eval: views halfway between its azimuths).
-  The renders keep their alpha, so each model composites them over its own background.
+  nerfstudio's datamanager reads images from files. The renders keep their alpha, so each model composites them
+  over its own background.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -40,25 +41,17 @@ from torch import Tensor
 
 from styleme3d_ns.core.atomic import OutputWriteError, check_writable, write_cause
 from styleme3d_ns.core.errors import UserInputError, exit_on_user_error
+from styleme3d_ns.data.capture_cameras import cameras_digest, inria_splat
+from styleme3d_ns.data.rigs import UP_AXES, OrbitRig, RigChoice, orbit_views  # noqa: F401 - also imported from here
+from styleme3d_ns.data.splat_formats import decoded_ply, is_splat_file
+from styleme3d_ns.data.views import ViewSettings, check_settings, scene_views
 from styleme3d_ns.render import rasterize
-from styleme3d_ns.render.camera import orbit_cameras, viewmat_from_c2w
+from styleme3d_ns.render.camera import viewmat_from_c2w
 
 UpAxis = Literal["auto", "+x", "-x", "+y", "-y", "+z", "-z"]
-UP_AXES: dict[str, tuple[float, float, float]] = {
-    "+x": (1.0, 0.0, 0.0),
-    "-x": (-1.0, 0.0, 0.0),
-    "+y": (0.0, 1.0, 0.0),
-    "-y": (0.0, -1.0, 0.0),
-    "+z": (0.0, 0.0, 1.0),
-    "-z": (0.0, 0.0, -1.0),
-}
-"""World up of the orbit for each `--up-axis` value. "auto" reads nerfstudio's `comment Vertical Axis: z` header
-(+z) and otherwise takes -y, the COLMAP-frame convention of INRIA, Postshot and SuperSplat files (docs/ply.md)."""
 DEFAULT_UP = "-y"
-RENDER_VERSION = 1
+RENDER_VERSION = 2
 """Part of the cache key: bump when the renders change for the same file and settings."""
-MIN_IMAGE_SIZE = 32
-"""Smallest `--image-size`: the style networks downsample by 16, so a smaller view is one or two feature cells."""
 NEAR_EMPTY_COVERAGE = 0.01
 """Mean alpha of the training views below which the scene is warned about as (nearly) empty: nothing to stylise."""
 _REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
@@ -71,20 +64,25 @@ _REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", 
 
 
 def find_splat_ply(data: Path) -> Path | None:
-    """The `.ply` that `--data` names: the file itself, or the one `.ply` in a folder without a transforms.json.
+    """The splat file that `--data` names: the file itself (.ply, .splat, .spz, .ksplat, .sog), an INRIA output
+    folder's latest `point_cloud/iteration_N/point_cloud.ply`, or the one splat file in a folder without a
+    transforms.json.
 
     Returns None when `data` is something else (a nerfstudio dataset); raises a one-line UserInputError for a folder
-    with several `.ply` files and no transforms.json.
+    with several splat files and no transforms.json.
     """
     data = Path(data).expanduser()
-    if data.suffix.lower() == ".ply" and not data.is_dir():
+    if is_splat_file(data) and not data.is_dir():
         return data
     if not data.is_dir() or (data / "transforms.json").exists():
         return None
-    plys = sorted(p for p in data.iterdir() if p.is_file() and p.suffix.lower() == ".ply")
+    inria = inria_splat(data)
+    if inria is not None:
+        return inria
+    plys = sorted(p for p in data.iterdir() if p.is_file() and is_splat_file(p))
     if len(plys) > 1:
         raise UserInputError(
-            f"{data} holds {len(plys)} .ply files ({plys[0].name}, {plys[1].name}, ...) and no transforms.json; "
+            f"{data} holds {len(plys)} splat files ({plys[0].name}, {plys[1].name}, ...) and no transforms.json; "
             "pass the splat itself: --data <folder>/<splat>.ply"
         )
     return plys[0] if plys else None
@@ -199,58 +197,7 @@ def resolve_up_axis(up_axis: UpAxis, comments: list[str]) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class OrbitRig:
-    """Where the cameras of a `.ply` scene go: an orbit around the splat's robust bounds, framing them."""
-
-    centre: tuple[float, float, float]
-    """Middle of the percentile box of the Gaussian centres."""
-    bounds_radius: float
-    """Half the diagonal of that box: the sphere the views must show."""
-    up: tuple[float, float, float]
-    """World up of the orbit."""
-    image_size: int
-    """Side of the square images in pixels."""
-    fov_deg: float
-    """Field of view of every camera (degrees)."""
-    framing: float
-    """Camera distance over the one at which the bounds sphere just fills the view."""
-
-    @classmethod
-    def around(
-        cls, means: Tensor, up: str, percentile: float, image_size: int, fov_deg: float, framing: float
-    ) -> OrbitRig:
-        """The rig for Gaussian centres `means` `[N, 3]`: the box between the `percentile` and `100 - percentile`
-        percentiles of each coordinate (floaters and far background left out)."""
-        q = torch.tensor([percentile / 100.0, 1.0 - percentile / 100.0], dtype=torch.float64)
-        sample = means.double()
-        if sample.shape[0] > 1_000_000:  # torch.quantile's input limit; a strided sample has the same percentiles
-            sample = sample[:: math.ceil(sample.shape[0] / 1_000_000)]
-        lo, hi = torch.quantile(sample, q, dim=0)
-        centre = (lo + hi) / 2
-        radius = max(float((hi - lo).norm()) / 2, 1e-6)
-        return cls(tuple(centre.tolist()), radius, UP_AXES[up], image_size, fov_deg, framing)
-
-    @property
-    def distance(self) -> float:
-        """Camera distance at which the bounds sphere fills the field of view, times :attr:`framing`."""
-        return self.framing * self.bounds_radius / math.sin(math.radians(self.fov_deg) / 2)
-
-    def cameras(self, azimuth_deg: Tensor, elevation_deg: Tensor) -> Cameras:
-        """Square pinhole `Cameras [V]` at these `[V]` azimuths/elevations (degrees) around :attr:`up`."""
-        return orbit_cameras(
-            azimuth_deg, elevation_deg, self.distance, self.image_size, self.fov_deg, target=self.centre, up=self.up
-        )
-
-
-def orbit_views(num_views: int, elevations_deg: tuple[float, ...], eval_views: int) -> dict[str, tuple[Tensor, Tensor]]:
-    """Azimuths and elevations `[V]` (degrees) per split: train views evenly around, cycling through the elevations;
-    eval views halfway between train azimuths at the middle elevation, so they are never a training view."""
-    az = torch.arange(num_views, dtype=torch.float32) * (360.0 / num_views)
-    el = torch.tensor(elevations_deg, dtype=torch.float32).repeat(math.ceil(num_views / len(elevations_deg)))
-    eval_az = az[torch.arange(eval_views) * num_views // eval_views] + 180.0 / num_views
-    eval_el = torch.full((eval_views,), float(sorted(elevations_deg)[len(elevations_deg) // 2]))
-    return {"train": (az, el[:num_views]), "test": (eval_az, eval_el)}
+# OrbitRig and orbit_views live in data/rigs.py (with the inside rig); imported above for old imports.
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -340,38 +287,68 @@ def base_splat_for_model(metadata: dict, sh_degree: int) -> dict[str, Tensor]:
 
 @dataclass
 class PlySceneDataParserConfig(DataParserConfig):
-    """A 3DGS `.ply` as the scene: its Gaussians are the base splat, orbit views of them are the images."""
+    """A splat file as the scene: its Gaussians are the base splat, renders of them from the capture's cameras (or a
+    rig's) are the images."""
 
     _target: type = field(default_factory=lambda: PlyScene)
     data: Path = Path("scene.ply")
-    """The 3DGS splat .ply, or a folder holding exactly one (and no transforms.json)."""
+    """The splat file (.ply, compressed .ply, .splat, .spz, .ksplat, .sog), an INRIA output folder, or a folder
+    holding exactly one splat file (and no transforms.json)."""
+    cameras: Path | None = None
+    """The views to stylise from: a nerfstudio transforms.json or a viewer camera_path.json (in the splat's frame;
+    a nerfstudio run's dataparser_transforms.json beside the splat is applied). Default: the capture's cameras when
+    they travel with the splat (INRIA cameras.json, a nerfstudio run's), else --rig's."""
+    rig: RigChoice = "auto"
+    """Views without capture cameras. auto: inside for an unbounded scene (a background around a dense core), else
+    orbit; orbit: around the robust bounds; inside: from within the background, looking at the core (docs/ply.md)."""
     up_axis: UpAxis = "auto"
     """World up of the camera orbit. auto: +z for nerfstudio exports (their 'Vertical Axis: z' header), else -y
     (INRIA, Postshot, SuperSplat: COLMAP frame, +y points down). docs/ply.md lists each exporter's."""
-    image_size: int = 128
-    """Side in pixels of the square rendered views (training resolution)."""
+    image_size: int | None = 128
+    """Long side in pixels of the rendered views (training resolution; capture cameras keep their aspect and are
+    never enlarged). None: the capture cameras' own size capped at --max-image-size, or 512 px without cameras
+    (the resolution people look at; the default once the style network's stroke size follows the view)."""
+    max_image_size: int = 1080
+    """With --image-size None, the long side capture cameras are brought down to."""
     fov_deg: float = 50.0
-    """Field of view of every camera (degrees)."""
+    """Field of view of every rig camera (degrees)."""
     num_views: int = 24
-    """Training views on the orbit, evenly spread in azimuth."""
+    """Training views of a rig, evenly spread in azimuth."""
     elevations_deg: tuple[float, ...] = (5.0, 25.0, 45.0)
-    """Elevations (degrees above the plane orthogonal to the up axis) the training views cycle through."""
+    """Elevations (degrees above the plane orthogonal to the up axis) the rig's training views cycle through."""
     num_eval_views: int = 4
-    """Evaluation views, halfway between training azimuths at the middle elevation."""
+    """Evaluation views: halfway between training azimuths at the middle elevation (rigs), or between consecutive
+    capture cameras."""
     bounds_percentile: float = 2.0
     """Robust bounds: the box between this and 100 minus this percentile of the Gaussian centres (per axis)."""
     framing: float = 1.1
-    """Camera distance over the one at which the bounds just fill the view (above 1 leaves a margin)."""
+    """Orbit distance over the one at which the bounds just fill the view (above 1 leaves a margin)."""
+    inside_framing: float = 1.6
+    """Inside rig: distance over the one at which the core just fills the view (kept inside the background); above
+    1 shows the background around the core."""
+    outward_every: int = 8
+    """Inside rig: every n-th training view looks away from the core, at the background (0: none)."""
+    capture_stride: int = 1
+    """Train on every n-th capture camera (a long camera path, a dense capture); 1: all of them."""
     cache_dir: Path | None = None
-    """Folder for the rendered views (default: styleme3d-ply/ in the system temp dir); named by the file's content
-    and these settings, so ns-train, ns-render and ns-export of one run render once."""
+    """Folder for the rendered views and decoded files (default: styleme3d-ply/ in the system temp dir); named by
+    the file's content and the views, so ns-train, ns-render and ns-export of one run render once."""
+
+    def view_settings(self) -> ViewSettings:
+        """The options that choose the views (data/views.py)."""
+        return ViewSettings(
+            self.cameras, self.rig, self.image_size, self.max_image_size, self.fov_deg, self.num_views,
+            tuple(self.elevations_deg), self.num_eval_views, self.bounds_percentile, self.framing,
+            self.inside_framing, self.outward_every, self.capture_stride,
+        )  # fmt: skip
 
 
 class PlyScene(DataParser):
-    """Every split is renders of the `.ply`'s splat; `metadata` carries the splat itself.
+    """Every split is renders of the splat file's Gaussians; `metadata` carries the splat itself.
 
-    metadata keys: ``base_splat`` (:func:`read_splat_ply`'s dict), ``base_sh_degree`` (int), ``ply_path`` (Path),
-    ``ply_up_axis`` (str, e.g. "-y"). The dataparser transform is the identity: the splat stays in the file's frame.
+    metadata keys: ``base_splat`` (:func:`read_splat_ply`'s dict), ``base_sh_degree`` (int), ``ply_path`` (Path: the
+    file named, any format), ``ply_up_axis`` (str, e.g. "-y"), ``views`` ("capture", "orbit" or "inside"). The
+    dataparser transform is the identity: the splat stays in the file's frame.
     """
 
     config: PlySceneDataParserConfig
@@ -379,14 +356,15 @@ class PlyScene(DataParser):
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs: object) -> DataparserOutputs:
         cfg = self.config
         with exit_on_user_error():
-            check_ply_options(cfg)
-            path = splat_path(cfg)
+            check_settings(cfg.view_settings())
+            source = splat_source(cfg)
+            path = decoded_ply(source, cache_root(cfg))
             splat, degree, comments = read_splat_ply(path)
-        up = resolve_up_axis(cfg.up_axis, comments)
-        rig = OrbitRig.around(splat["means"], up, cfg.bounds_percentile, cfg.image_size, cfg.fov_deg, cfg.framing)
-        views = orbit_views(cfg.num_views, tuple(cfg.elevations_deg), cfg.num_eval_views)
-        cameras = {name: rig.cameras(*angles) for name, angles in views.items()}
-        folder = cache_folder(cfg, path, up)
+            up = resolve_up_axis(cfg.up_axis, comments)
+            views = scene_views(source, splat["means"], up, cfg.view_settings())
+        _log_once(views.line)
+        cameras = views.cameras
+        folder = cache_folder(cfg, path, cameras)
         if not folder.is_dir():
             CONSOLE.log(f"Rendering {sum(c.shape[0] for c in cameras.values())} views of {path.name} into {folder}")
             frames = {name: render_rgba(splat, degree, c) for name, c in cameras.items()}
@@ -401,68 +379,63 @@ class PlyScene(DataParser):
         name = "train" if split == "train" else "test"
         if name == "train":
             warn_if_nearly_empty(path, splat["means"].shape[0], paths["train"])
-        margin = rig.bounds_radius
-        aabb = torch.tensor([rig.centre], dtype=torch.float32) + torch.tensor([[-margin], [margin]])
         return DataparserOutputs(
             image_filenames=paths[name],
             cameras=cameras[name],
-            scene_box=SceneBox(aabb=aabb),
-            metadata={"base_splat": splat, "base_sh_degree": degree, "ply_path": path, "ply_up_axis": up},
+            scene_box=SceneBox(aabb=views.aabb),
+            metadata={
+                "base_splat": splat,
+                "base_sh_degree": degree,
+                "ply_path": source,
+                "ply_up_axis": up,
+                "views": views.kind,
+            },  # fmt: skip
         )
 
 
 CACHE_HINT = "free some space or pass a writable --cache-dir (the styleme3d-ply option after the method's options)"
 
 
-def check_ply_options(cfg: PlySceneDataParserConfig) -> None:
-    """The parser's options make sense (one-line UserInputError naming the option and its range if not)."""
-    if cfg.image_size < MIN_IMAGE_SIZE:
-        raise UserInputError(
-            f"--image-size {cfg.image_size} is too small; use {MIN_IMAGE_SIZE} or more (default 128): the style "
-            "networks downsample by 16"
-        )
-    if not 1.0 < cfg.fov_deg < 170.0:
-        raise UserInputError(f"--fov-deg {cfg.fov_deg} must be between 1 and 170 degrees (default 50)")
-    if cfg.num_views < 1 or cfg.num_eval_views < 1 or not cfg.elevations_deg:
-        raise UserInputError("--num-views and --num-eval-views must be at least 1 and --elevations-deg non-empty")
-    if not all(-90.0 < e < 90.0 for e in cfg.elevations_deg):
-        raise UserInputError(f"--elevations-deg {cfg.elevations_deg} must lie strictly between -90 and 90")
-    if not 0.0 <= cfg.bounds_percentile < 50.0 or cfg.framing <= 0.0:
-        raise UserInputError("--bounds-percentile must be in [0, 50) and --framing positive")
+def splat_source(cfg: PlySceneDataParserConfig) -> Path:
+    """The splat file the parser reads (`--data` itself, an INRIA run's latest, or the one in its folder); one line
+    if there is none."""
+    source = find_splat_ply(cfg.data)
+    if source is None:
+        raise UserInputError(f"{cfg.data} is neither a splat file nor a folder holding one; pass --data scene.ply")
+    return source
 
 
-def splat_path(cfg: PlySceneDataParserConfig) -> Path:
-    """The `.ply` the parser reads (`--data` itself, or the one in its folder); one line if there is none."""
-    path = find_splat_ply(cfg.data)
-    if path is None:
-        raise UserInputError(f"{cfg.data} is neither a .ply nor a folder holding one; pass --data scene.ply")
-    return path
+def cache_root(cfg: PlySceneDataParserConfig) -> Path:
+    """Where decoded files and renders are cached: `--cache-dir`, else `<tmp>/styleme3d-ply`."""
+    root = Path(cfg.cache_dir) if cfg.cache_dir is not None else Path(tempfile.gettempdir()) / "styleme3d-ply"
+    return root.expanduser()
 
 
-def cache_folder(cfg: PlySceneDataParserConfig, path: Path, up: str) -> Path:
-    """`<cache>/<stem>-<digest>`: the digest covers the file's bytes and every setting that changes a render."""
+def cache_folder(cfg: PlySceneDataParserConfig, path: Path, cameras: dict[str, Cameras]) -> Path:
+    """`<cache>/<stem>-<digest>`: the digest covers the file's bytes and every camera (pose, intrinsics, size)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    settings = [RENDER_VERSION, up, cfg.image_size, cfg.fov_deg, cfg.num_views, list(cfg.elevations_deg),
-                cfg.num_eval_views, cfg.bounds_percentile, cfg.framing]  # fmt: skip
+    settings = [RENDER_VERSION, {name: cameras_digest(c) for name, c in cameras.items()}]
     digest.update(json.dumps(settings).encode())
-    root = Path(cfg.cache_dir) if cfg.cache_dir is not None else Path(tempfile.gettempdir()) / "styleme3d-ply"
-    return root.expanduser() / f"{path.stem}-{digest.hexdigest()[:16]}"
+    return cache_root(cfg) / f"{path.stem}-{digest.hexdigest()[:16]}"
 
 
 def check_ply_scene(cfg: PlySceneDataParserConfig) -> Path:
-    """Everything the parser will read and write, checked without writing anything: the options, the whole file
-    (:func:`read_splat_ply`, the parser's own reader) and, unless its renders are cached already, that the cache
-    folder can be written. Returns the `.ply`; one-line UserInputError on the first problem."""
-    check_ply_options(cfg)
-    path = splat_path(cfg)
-    _, _, comments = read_splat_ply(path)
-    folder = cache_folder(cfg, path, resolve_up_axis(cfg.up_axis, comments))
+    """Everything the parser will read and write, checked before ns-train writes its run folder: the options and
+    views (:func:`~styleme3d_ns.data.views.check_settings`), the whole file (:func:`read_splat_ply`, the parser's
+    own reader, after a non-.ply format is decoded into the cache) and, unless its renders are cached already, that
+    the cache folder can be written. Returns the splat file; one-line UserInputError on the first problem."""
+    check_settings(cfg.view_settings())
+    source = splat_source(cfg)
+    path = decoded_ply(source, cache_root(cfg))
+    splat, _, comments = read_splat_ply(path)
+    views = scene_views(source, splat["means"], resolve_up_axis(cfg.up_axis, comments), cfg.view_settings())
+    folder = cache_folder(cfg, path, views.cameras)
     if not folder.is_dir():
         check_writable(folder / "train_0000.png", what=f"the renders of {path.name}", hint=CACHE_HINT)
-    return path
+    return source
 
 
 def view_coverage(frames: list[Path]) -> tuple[float, float]:
@@ -477,7 +450,7 @@ def view_coverage(frames: list[Path]) -> tuple[float, float]:
 
 def warn_if_nearly_empty(path: Path, num_gaussians: int, frames: list[Path]) -> None:
     """Warn, with the numbers, when the splat covers almost nothing of the training views (e.g. a handful of
-    Gaussians, or a file whose few points the orbit frames badly): stylising them has nothing to act on."""
+    Gaussians, or a file whose few points the views frame badly): stylising them has nothing to act on."""
     mean, largest = view_coverage(frames)
     if mean < NEAR_EMPTY_COVERAGE:
         gaussians = f"{num_gaussians} Gaussian{'s cover' if num_gaussians != 1 else ' covers'}"
@@ -490,7 +463,18 @@ def warn_if_nearly_empty(path: Path, num_gaussians: int, frames: list[Path]) -> 
         )
 
 
+_LOGGED: set[str] = set()
+
+
+def _log_once(line: str) -> None:
+    """Log `line` once per process (nerfstudio parses the data once per split)."""
+    if line not in _LOGGED:
+        _LOGGED.add(line)
+        CONSOLE.log(line)
+
+
 styleme3d_ply = DataParserSpecification(
     config=PlySceneDataParserConfig(),
-    description="a 3DGS .ply (any exporter, SH 0-3) as the base splat, with orbit views rendered from it",
+    description="a splat file (.ply, .splat, .spz, .ksplat, .sog; any exporter, SH 0-3) as the base splat, with views "
+    "from its capture's cameras or a rig rendered from it",
 )

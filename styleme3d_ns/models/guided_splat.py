@@ -69,6 +69,9 @@ class GuidedSplatModelConfig(DefaultsOnLoad, SplatfactoModelConfig):
     (bit-for-bit the same image up to float rounding, 20x+ faster on CPU). Rebuilt whenever geometry changes."""
     fast_path_cache_views: int = 256
     """How many training views the colour fast path keeps cached (each costs ~pixels x overlap floats)."""
+    fast_path_cache_gib: float = 2.0
+    """Most memory (GiB) the cached colour maps take: beyond it the oldest are dropped and rebuilt when their view
+    comes again, so many views at full resolution never all sit in memory at once."""
     drop_non_finite_gaussians: bool = False
     """Drop base Gaussians with NaN/inf values (with a warning naming how many) instead of refusing the checkpoint."""
     look: LookConfig = field(default_factory=LookConfig)

@@ -68,21 +68,52 @@ class OfflineTeacher:
 
 
 @torch.no_grad()
-def teacher_views(model: GuidedSplatModel, cameras: Cameras, render_scale: float) -> dict[str, object]:
+def teacher_views(
+    model: GuidedSplatModel, cameras: Cameras, render_scale: float, max_bytes: int | None = None,
+    report: Callable[[str], None] = CONSOLE.log,
+) -> dict[str, object]:  # fmt: skip
     """Colour maps, depths, world-to-camera matrices and intrinsics of `cameras`, each scaled by `render_scale`
-    (capped at the network's input size), of `model`'s frozen geometry and base colours."""
+    (capped at the network's input size), of `model`'s frozen geometry and base colours.
+
+    Built one view at a time, farthest first (:func:`spread_order`: each next view the least like those taken), until
+    the maps hold `max_bytes`: with many views (a capture's hundreds of cameras) the teacher fits the ones that fit,
+    spread over all of them, and says so in one line; memory stays bounded however many views there are.
+    """
     maps, depths, viewmats, Ks = [], [], [], []
     dc, rest = model.base_features_dc, model.base_features_rest
-    for i in range(cameras.shape[0]):
-        camera = cameras[i : i + 1].to(model.device)
+    held = 0
+    order = spread_order(cameras.camera_to_worlds)
+    for i in order:
+        camera = cameras[int(i) : int(i) + 1].to(model.device)
         longest = float(max(camera.width.item(), camera.height.item()))
         camera.rescale_output_resolution(min(render_scale, CONTENT_SIZE / longest))
         viewmat, K, width, height = model.renderer.view(camera)
-        maps.append(model.renderer.colour_map(viewmat, K, width, height))
+        cmap = model.renderer.colour_map(viewmat, K, width, height)
+        if maps and max_bytes is not None and held + cmap.nbytes > max_bytes:
+            report(f"offline teacher: {len(maps)} of {len(order)} views (spread over all) fit in "
+                   f"{max_bytes / 2**30:.1f} GiB of colour maps (--pipeline.model.teacher-memory-gib)")  # fmt: skip
+            break
+        held += cmap.nbytes
+        maps.append(cmap)
         depths.append(model.render_colours(camera, dc, rest, with_depth=True)[2].permute(2, 0, 1))
         viewmats.append(viewmat[0])
         Ks.append(K[0])
     return {"maps": maps, "depths": torch.stack(depths), "viewmats": torch.stack(viewmats), "Ks": torch.stack(Ks)}
+
+
+def spread_order(c2w: Tensor) -> Tensor:
+    """Indices of the poses `[V, 3, 4]` in farthest-first order: view 0, then each time the view farthest (position,
+    relative to the cameras' spread, plus viewing direction) from every view taken, so any first k cover them all."""
+    position = c2w[:, :3, 3].double()
+    spread = (position - position.mean(0)).norm(dim=1).mean().clamp_min(1e-9)
+    features = torch.cat([position / spread, c2w[:, :3, 2].double()], dim=1)
+    taken = [0]
+    distance = (features - features[0]).norm(dim=1)
+    for _ in range(len(features) - 1):
+        nxt = int(distance.argmax())
+        taken.append(nxt)
+        distance = torch.minimum(distance, (features - features[nxt]).norm(dim=1))
+    return torch.tensor(taken)
 
 
 def teach(

@@ -35,7 +35,8 @@ class SplatRenderer:
 
     def __init__(self, model: GuidedSplatModel) -> None:
         self.model = model
-        self.colour_maps = ColourMapCache(model.config.fast_path_cache_views)
+        budget = int(model.config.fast_path_cache_gib * 2**30)
+        self.colour_maps = ColourMapCache(model.config.fast_path_cache_views, budget)
         self.infos: list[dict] = []
 
     def take_infos(self) -> list[dict]:

@@ -21,7 +21,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
 from styleme3d_ns.core.errors import UserInputError
-from styleme3d_ns.data.ply_scene import OrbitRig, orbit_views
+from styleme3d_ns.data.rigs import OrbitRig, orbit_views
 from styleme3d_ns.data.style_image import load_style_image
 from styleme3d_ns.guidance.gram import GramStyleLoss, GramStyleLossConfig
 from styleme3d_ns.guidance.style_teacher import StyleTeacherConfig
@@ -54,6 +54,9 @@ class StyleImageSplatModelConfig(GuidedSplatModelConfig):
     active (0: the teacher's solution is the result, saved after one idle step; measured in docs/styleme3d.md:
     Gram-loss refinement there trades view consistency and content for Gram distance). Runs whose diffusion experts
     loaded always train the full --max-num-iterations."""
+    teacher_memory_gib: float = 6.0
+    """Most memory (GiB) the offline teacher's colour maps take: a capture with more views than fit is fitted on the
+    views that fit, spread over all of them (one line says how many)."""
     teacher_render_scale: float = 4 / 3
     """The teacher sees the training views rendered this many times larger (its strokes need pixels; never above its
     384 px input): memory and time grow with its square (docs/styleme3d.md, "Offline teacher", measures the choice)."""
@@ -120,7 +123,7 @@ class StyleImageSplatModel(GuidedSplatModel):
         networks = self.teacher.decide(self.config.offline_teacher, self.config.sh_degree, self.device)
         if networks is None:
             return
-        views = teacher_views(self, self._teacher_cameras(), self.config.teacher_render_scale)
+        views = self._teacher_views(CONSOLE.log)
         for index, path in enumerate(self.style_paths):
             colours = teach(self, self.config.teacher, networks, self.style_image(index), views, path.stem,
                             CONSOLE.log)  # fmt: skip
@@ -143,9 +146,14 @@ class StyleImageSplatModel(GuidedSplatModel):
             raise UserInputError("styles can be added once the splat's geometry is fixed (after reconstruction)")
         style = load_style_image(Path(path).expanduser()).to(self.device)
         networks = self.teacher.networks("on", self.device)
-        views = teacher_views(self, self._teacher_cameras(), self.config.teacher_render_scale)
+        views = self._teacher_views(report)
         colours = teach(self, self.config.teacher, networks, style, views, Path(path).stem, report)
         return self.palette.add(colours[:, 0], colours[:, 1:], Path(path).stem)
+
+    def _teacher_views(self, report: Callable[[str], None]) -> dict[str, object]:
+        """The teacher's views of the training cameras, within --pipeline.model.teacher-memory-gib."""
+        budget = int(self.config.teacher_memory_gib * 2**30)
+        return teacher_views(self, self._teacher_cameras(), self.config.teacher_render_scale, budget, report)
 
     def _teacher_cameras(self) -> Cameras:
         """The training cameras (known once training is set up), else 24 views around the splat's robust bounds at

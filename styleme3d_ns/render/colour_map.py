@@ -111,6 +111,15 @@ class ColourMap:
         return self._mat, self._mat_t
 
     @property
+    def nbytes(self) -> int:
+        """Memory the map holds: both CSR matrices, the SH basis, alpha and the used-Gaussian index."""
+        tensors = [self._mat.crow_indices(), self._mat.col_indices(), self._mat.values(), self._mat_t.crow_indices(),
+                   self._mat_t.col_indices(), self._mat_t.values(), self.alpha, self.used]  # fmt: skip
+        if self.basis is not None:
+            tensors.append(self.basis)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    @property
     def n_pairs(self) -> int:
         """Number of (pixel, Gaussian) weights stored."""
         return int(self._mat.values().numel())
@@ -142,24 +151,35 @@ class ColourMap:
 
 
 class ColourMapCache:
-    """The colour maps of up to `capacity` views of a frozen geometry, each built once, oldest dropped first.
+    """The colour maps of up to `capacity` views (and at most `max_bytes` of them) of a frozen geometry, each built
+    once, oldest dropped first: memory stays bounded however many views, at whatever resolution, a run trains on.
 
     A map is keyed by its view and by the geometry it was built from (each tensor's storage and in-place version
     counter), so any edit of the geometry (an optimiser step, densification, a load) makes the next look-up rebuild.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int | None = None) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._maps: dict[tuple, ColourMap] = {}
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the cached maps."""
+        return sum(cmap.nbytes for cmap in self._maps.values())
 
     def get(self, view: tuple, geometry: tuple[Tensor, ...], build: Callable[[], ColourMap]) -> ColourMap:
         """The map of `view` (any hashable key) over `geometry`; `build()` makes it when there is none."""
         key = (view, tuple((t.data_ptr(), t._version) for t in geometry))
         cmap = self._maps.get(key)
         if cmap is None:
-            if len(self._maps) >= self.capacity:
+            cmap = build()
+            while self._maps and (
+                len(self._maps) >= self.capacity
+                or (self.max_bytes is not None and self.nbytes + cmap.nbytes > self.max_bytes)
+            ):
                 self._maps.pop(next(iter(self._maps)))
-            cmap = self._maps[key] = build()
+            self._maps[key] = cmap
         return cmap
 
     def clear(self) -> None:
