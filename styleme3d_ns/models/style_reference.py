@@ -25,9 +25,10 @@ from styleme3d_ns.data.ply_scene import OrbitRig, orbit_views
 from styleme3d_ns.data.style_image import load_style_image
 from styleme3d_ns.guidance.gram import GramStyleLoss, GramStyleLossConfig
 from styleme3d_ns.guidance.style_teacher import StyleTeacherConfig
+from styleme3d_ns.models.detail import DetailConfig
 from styleme3d_ns.models.guided_splat import GuidedSplatModel, GuidedSplatModelConfig
 from styleme3d_ns.models.loss_terms import TRAIN_VIEW, LossTerm
-from styleme3d_ns.models.offline_teacher import OfflineTeacher, teach, teacher_views
+from styleme3d_ns.models.offline_teacher import OfflineTeacher, teach, teach_styles, teacher_views
 from styleme3d_ns.models.palette import StyleSet
 
 
@@ -55,8 +56,14 @@ class StyleImageSplatModelConfig(GuidedSplatModelConfig):
     Gram-loss refinement there trades view consistency and content for Gram distance). Runs whose diffusion experts
     loaded always train the full --max-num-iterations."""
     teacher_render_scale: float = 4 / 3
-    """The teacher sees the training views rendered this many times larger (its strokes need pixels; never above its
-    384 px input): memory and time grow with its square (docs/styleme3d.md, "Offline teacher", measures the choice)."""
+    """The teacher fits the training views rendered this many times larger (below --teacher-max-size): memory and time
+    grow with its square (docs/styleme3d.md, "Offline teacher", measures the choice on 96 px views)."""
+    detail: DetailConfig = field(default_factory=DetailConfig)
+    """Detail beyond the base's Gaussians (off by default: it changes the Gaussian count): after the offline
+    teacher, split the Gaussians that miss the most stylised detail and fit again (docs/styleme3d.md, "Detail")."""
+    teacher_max_size: int = 512
+    """Longest side (px) of the views the teacher fits (its colour maps and targets); the stroke size, not this, sets
+    the scale the style network paints at (--pipeline.model.teacher.stroke-size)."""
 
 
 class StyleImageSplatModel(GuidedSplatModel):
@@ -101,6 +108,8 @@ class StyleImageSplatModel(GuidedSplatModel):
 
     def prepare_training(self) -> None:
         """Several style images: decide whether the teacher fits them or they train in turn (before the terms)."""
+        if self.config.detail.enabled:
+            self.config.detail.check()
         if self.palette is not None and len(self.style_paths) > 1:
             self.teacher.decide(self.config.offline_teacher, self.config.sh_degree, self.device)
 
@@ -120,10 +129,10 @@ class StyleImageSplatModel(GuidedSplatModel):
         networks = self.teacher.decide(self.config.offline_teacher, self.config.sh_degree, self.device)
         if networks is None:
             return
-        views = teacher_views(self, self._teacher_cameras(), self.config.teacher_render_scale)
-        for index, path in enumerate(self.style_paths):
-            colours = teach(self, self.config.teacher, networks, self.style_image(index), views, path.stem,
-                            CONSOLE.log)  # fmt: skip
+        styles = [(self.style_image(index), path.stem) for index, path in enumerate(self.style_paths)]
+        fitted = teach_styles(self, self.config.teacher, networks, styles, self._teacher_views, self.config.detail,
+                              CONSOLE.log)  # fmt: skip
+        for index, (colours, path) in enumerate(zip(fitted, self.style_paths, strict=True)):
             if index == 0:
                 self.features_dc.data.copy_(colours[:, 0])
                 self.features_rest.data.copy_(colours[:, 1:])
@@ -143,9 +152,14 @@ class StyleImageSplatModel(GuidedSplatModel):
             raise UserInputError("styles can be added once the splat's geometry is fixed (after reconstruction)")
         style = load_style_image(Path(path).expanduser()).to(self.device)
         networks = self.teacher.networks("on", self.device)
-        views = teacher_views(self, self._teacher_cameras(), self.config.teacher_render_scale)
-        colours = teach(self, self.config.teacher, networks, style, views, Path(path).stem, report)
+        views = self._teacher_views()
+        colours, _ = teach(self, self.config.teacher, networks, style, views, Path(path).stem, report)
         return self.palette.add(colours[:, 0], colours[:, 1:], Path(path).stem)
+
+    def _teacher_views(self) -> dict:
+        """The teacher's views of the current geometry (models/offline_teacher.py::teacher_views)."""
+        cfg = self.config
+        return teacher_views(self, self._teacher_cameras(), cfg.teacher_render_scale, cfg.teacher_max_size)
 
     def _teacher_cameras(self) -> Cameras:
         """The training cameras (known once training is set up), else 24 views around the splat's robust bounds at
