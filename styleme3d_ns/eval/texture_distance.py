@@ -66,8 +66,6 @@ def _descriptors(level: Tensor, mask: Tensor | None, count: int, generator: torc
     return patches
 
 
-
-
 def sliced_wasserstein(a: Tensor, b: Tensor, generator: torch.Generator, projections: int = PROJECTIONS) -> float:
     """Sliced Wasserstein-1 distance between point sets a [M, D] and b [M', D]: the mean over random unit directions of
     the distance between the sorted projections (the larger set's quantiles matched to the smaller's)."""

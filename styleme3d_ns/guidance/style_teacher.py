@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -239,21 +240,9 @@ class StyleTeacher:
             mapped.append(torch.cat([dc[:, None], rest], dim=1))
         return mapped[0], mapped[1]
 
-    @torch.no_grad()
-    def fit(
-        self,
-        maps: Sequence[ColourMap],
-        colours: Tensor,
-        base_colours: Tensor,
-        background: Tensor | None = None,
-        depths: Tensor | None = None,
-        viewmats: Tensor | None = None,
-        Ks: Tensor | None = None,
-        progress: Progress | None = None,
-        means: Tensor | None = None,
-    ) -> Tensor:
-        """The colours of :meth:`fit_targets` (see there)."""
-        return self.fit_targets(maps, colours, base_colours, background, depths, viewmats, Ks, progress, means)[0]
+    def fit(self, *args: Any, **kwargs: Any) -> Tensor:  # noqa: ANN401 - fit_targets' arguments
+        """The colours of :meth:`fit_targets` (same arguments), without the targets."""
+        return self.fit_targets(*args, **kwargs)[0]
 
     @torch.no_grad()
     def fit_targets(
