@@ -461,6 +461,6 @@ def test_the_teacher_builds_the_views_that_fit_spread_over_all() -> None:
                             render_colours=lambda *a, **k: (None, None, torch.zeros(24, 24, 1)))  # fmt: skip
     lines: list[str] = []
     budget = sum(m.nbytes for m in (maps[i] for i in order[:5].tolist()))
-    views = teacher_views(model, cameras, 1.0, budget, lines.append)
+    views = teacher_views(model, cameras, 1.0, 512, budget, lines.append)
     assert [id(m) for m in views["maps"]] == [id(maps[i]) for i in order[:5].tolist()]
     assert views["depths"].shape == (5, 1, 24, 24) and len(lines) == 1 and "5 of 12 views" in lines[0]

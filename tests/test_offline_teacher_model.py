@@ -70,3 +70,35 @@ def test_teacher_strength_zero_keeps_the_base_colours_exactly(
     assert torch.equal(base["features_dc"], styled["features_dc"])
     assert torch.equal(base["features_rest"], styled["features_rest"])
     assert np.isfinite(styled["features_dc"].numpy()).all()
+
+
+def test_detail_splits_within_budget_and_every_colour_set_follows(
+    scene_dir: Path, base_checkpoint: Path, style_path: Path, second_style: Path, tmp_path: Path
+) -> None:
+    """`--pipeline.model.detail.enabled`: more Gaussians (at most max_growth x), each unsplit one where it was; the
+    live colours, the base colours and the palette entry all sized to the split splat, which loads, renders the look
+    and exports."""
+    from styleme3d_ns.eval.render import load_pipeline
+    from styleme3d_ns.models.detail import DetailConfig
+
+    detail = DetailConfig(enabled=True, max_growth=1.5, levels=1)
+    config = styleme3d_config(scene_dir, tmp_path, 5, base_checkpoint=base_checkpoint,
+                              style_image=(style_path, second_style), offline_teacher="on",
+                              teacher=StyleTeacherConfig(rounds=1), detail=detail)  # fmt: skip
+    run = run_trainer(config)
+    base, styled = load_gaussians(base_checkpoint), load_gaussians(run.parent)
+    n, split = len(base["means"]), len(styled["means"])
+    assert n < split <= int(1.5 * n)
+    kept = (styled["means"][:n] == base["means"]).all(1)  # a parent's first child takes its place
+    assert int(kept.sum()) == n - (split - n)
+    for key in ("scales", "quats", "opacities"):
+        assert torch.equal(styled[key][:n][kept], base[key][kept]), key
+    _, pipeline = load_pipeline(run)
+    model = pipeline.model
+    assert model.palette_labels() == ["style", "brick"]
+    assert model.base_features_dc.shape[0] == model.palette_entry(1)[0].shape[0] == split
+    assert model.look_coefficients()[0].shape[0] == split  # what ns-export writes
+    camera, _ = pipeline.datamanager.next_eval_image(0)
+    with torch.no_grad():
+        out = model.get_outputs_for_camera(camera)
+    assert torch.isfinite(out["rgb"]).all() and "content_rgb" in out

@@ -66,7 +66,7 @@ def test_strength_zero_returns_the_base_exactly(scene, style, networks) -> None:
 def test_one_round_moves_the_renders_towards_the_style_and_keeps_view_dependent_bands(
     scene, style, networks, one_torch_thread
 ) -> None:
-    config = StyleTeacherConfig(rounds=1, teacher_size=None, ridge=0.01, prematch=False)
+    config = StyleTeacherConfig(rounds=1, stroke_size=0, teacher_size=None, ridge=0.01, prematch=False)
     teacher = StyleTeacher(config, networks, style)
     rounds = []
     colours = teacher.fit(
@@ -132,7 +132,9 @@ def test_luminance_colour_match_moves_luma_only() -> None:
 
 def test_prematch_gives_the_renders_the_style_statistics_and_anchors_the_ridge(scene, networks) -> None:
     style = _correlated_images((1, 3, 32, 32), (0.45, 0.4, 0.55), 4)
-    config = StyleTeacherConfig(rounds=1, harmonise=False, ridge=1e6)  # a ridge this stiff returns its anchor
+    config = StyleTeacherConfig(
+        rounds=1, stroke_size=0, harmonise=False, ridge=1e6
+    )  # a ridge this stiff returns its anchor
     teacher = StyleTeacher(config, networks, style)
     start, anchor = teacher.prematch(scene["maps"], scene["base"], scene["base"])
     torch.testing.assert_close(start, anchor)

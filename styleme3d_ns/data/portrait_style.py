@@ -72,5 +72,5 @@ def stylise_colours(
                                  packed=False, render_mode="ED")  # fmt: skip
         depths.append(render[0].permute(2, 0, 1))
     sh = ((rgb - 0.5) / SH_C0)[:, None, :]  # [N, 1, 3] SH DC
-    solved = teacher.fit(maps, sh, sh, background, torch.stack(depths), viewmats, Ks)
+    solved = teacher.fit(maps, sh, sh, background, torch.stack(depths), viewmats, Ks, means=means)
     return (solved[:, 0] * SH_C0 + 0.5).clamp(0.0, 1.0)

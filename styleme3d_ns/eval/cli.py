@@ -41,6 +41,7 @@ from styleme3d_ns.eval.style_metrics import (
     gram_scores,
     learned_style_scores,
     no_style_scores,
+    texture_scores,
 )
 from styleme3d_ns.guidance.csd import CSD_REPO
 from styleme3d_ns.guidance.faces import FaceIdentity, MissingFaceModelsError
@@ -71,6 +72,9 @@ class EvalConfig:
     """Contact sheet PNG. Default: next to --output, named <output stem>_sheet.png."""
     max_views: int | None = None
     """Score at most this many held-out views (default: all of them)."""
+    resolution: int | None = None
+    """Render and score every view with this longer side in pixels (e.g. 512, the size people look at); default: the
+    run's own camera resolution."""
     long_range_deg: float = 90.0
     """Long-range consistency pairs each held-out view with the camera whose viewing direction is closest to this
     many degrees away (short-range pairs use the nearest camera)."""
@@ -98,6 +102,8 @@ def _check(config: EvalConfig) -> None:
     """Reject option values that cannot give a meaningful score, one line each."""
     if config.max_views is not None and config.max_views < 1:
         raise UserInputError(f"--max-views must be at least 1 (got {config.max_views})")
+    if config.resolution is not None and not 16 <= config.resolution <= 4096:
+        raise UserInputError(f"--resolution must be between 16 and 4096 px (got {config.resolution})")
     if not 0 < config.long_range_deg <= 180:
         raise UserInputError(f"--long-range-deg must be in (0, 180] degrees (got {config.long_range_deg})")
     if config.depth_tolerance <= 0:
@@ -327,7 +333,7 @@ def _base_source(config: EvalConfig, run_config: Any) -> dict[str, Any]:
 def _load_base(config: EvalConfig, pool: CameraPool) -> Any:
     """The base run's model, after checking it was trained on the same cameras."""
     _, pipeline = load_pipeline(config.base_config)
-    base_pool = CameraPool.from_pipeline(pipeline)
+    base_pool = CameraPool.from_pipeline(pipeline, config.resolution)
     same = len(base_pool) == len(pool) and torch.allclose(
         base_pool.camera_to_worlds(), pool.camera_to_worlds(), atol=1e-4
     )
@@ -381,7 +387,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     run_config, pipeline = load_pipeline(config.load_config)
     if hasattr(pipeline.model, "rig"):
         return _evaluate_portrait(config, run_config, pipeline, start)
-    model, pool = pipeline.model, CameraPool.from_pipeline(pipeline)
+    model, pool = pipeline.model, CameraPool.from_pipeline(pipeline, config.resolution)
     if pool.num_eval == 0:
         raise UserInputError(f"{config.load_config} has no evaluation (held-out) cameras to score")
     base_info = _base_source(config, run_config)
@@ -410,6 +416,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
             **_clip(config, run_config, held_out_base, held_out_stylised, style),
             **csd_scores(held_out_base.rgb, held_out_stylised.rgb, style, config.csd_weights),
             **learned_style_scores(held_out_base.rgb, held_out_stylised.rgb, style),
+            **texture_scores(held_out_base, held_out_stylised, style),
         },
         "consistency": _consistency(base, stylised, pool, ranges, config, lpips),
         "consistency_sh_dc_only": _consistency_dc_only(model, base_model, pool, ids, ranges, config),
@@ -519,6 +526,12 @@ def _summary(metrics: dict[str, Any]) -> str:
         lines.append(
             f"learned style similarity {style['learned_style_similarity_base']:.3f} -> "
             f"{style['learned_style_similarity']:.3f}"
+        )
+    if style.get("patch_distance") is not None:
+        lines.append(
+            f"patch distance to the style {style['patch_distance_base']:.3f} -> {style['patch_distance']:.3f} "
+            f"({100 * style['patch_reduction']:.0f}% closer); colour distance {style['colour_distance_base']:.3f} -> "
+            f"{style['colour_distance']:.3f} ({100 * style['colour_reduction']:.0f}% closer)"
         )
     for name in ("short_range", "long_range"):
         r = consistency[name]

@@ -67,11 +67,13 @@ class CameraPool:
     """`[E]` held-out cameras."""
     train_cameras: Cameras
     """`[T]` training cameras."""
+    long_side: int | None = None
+    """Every camera handed out is rescaled to this longer side in pixels (None: the run's own resolution)."""
 
     @classmethod
-    def from_pipeline(cls, pipeline: Pipeline) -> CameraPool:
+    def from_pipeline(cls, pipeline: Pipeline, long_side: int | None = None) -> CameraPool:
         datamanager = pipeline.datamanager
-        return cls(datamanager.eval_dataset.cameras, datamanager.train_dataset.cameras)
+        return cls(datamanager.eval_dataset.cameras, datamanager.train_dataset.cameras, long_side)
 
     @property
     def num_eval(self) -> int:
@@ -84,10 +86,11 @@ class CameraPool:
         """Camera `index` as a batch of one, `[1]`."""
         if not 0 <= index < len(self):
             raise IndexError(f"camera id {index} out of range for {len(self)} cameras")
-        if index < self.num_eval:
-            return self.eval_cameras[index : index + 1]
-        index -= self.num_eval
-        return self.train_cameras[index : index + 1]
+        camera = self.eval_cameras[index : index + 1] if index < self.num_eval else \
+            self.train_cameras[index - self.num_eval : index - self.num_eval + 1]  # fmt: skip
+        if self.long_side is not None:  # a slice holds its own intrinsics: the run's cameras are not touched
+            camera.rescale_output_resolution(self.long_side / float(max(camera.width.item(), camera.height.item())))
+        return camera
 
     def label(self, index: int) -> str:
         """Human-readable name of a camera id, e.g. `eval 1` or `train 7`."""

