@@ -20,6 +20,7 @@ from styleme3d_ns.core.errors import UserInputError
 from styleme3d_ns.data.capture_cameras import read_camera_path, scaled_to
 from styleme3d_ns.data.ply_scene import PlySceneDataParserConfig, find_splat_ply
 from styleme3d_ns.data.rigs import scene_layout
+from styleme3d_ns.data.views import BARE_IMAGE_SIZE, scene_views
 from styleme3d_ns.data.splat_formats import (
     decode_splat,
     decoded_ply,
@@ -147,6 +148,21 @@ def test_unbounded_scene_without_cameras_is_seen_from_inside_the_shell(tmp_path:
 def test_an_object_keeps_the_orbit(tmp_path: Path) -> None:
     out = parse(write_inria_ply(tmp_path / "blob.ply", tiny_splat()), tmp_path)
     assert out.metadata["views"] == "orbit"
+
+
+def test_the_default_views_are_at_the_size_people_look_at(tmp_path: Path) -> None:
+    """Without --image-size: 512 px for a bare file, a capture's own size capped at 1080 px on the long side."""
+    splat = tiny_splat()
+    (tmp_path / "bare").mkdir()
+    bare = write_inria_ply(tmp_path / "bare" / "blob.ply", splat)
+    views = scene_views(bare, splat["means"], "-y", PlySceneDataParserConfig(data=bare).view_settings())
+    assert {int(views.cameras["train"].width.max()), int(views.cameras["train"].height.max())} == {BARE_IMAGE_SIZE}
+    assert BARE_IMAGE_SIZE == 512
+    run = write_inria_run(tmp_path / "run", splat, capture_w2c())
+    ply = run / "point_cloud" / "iteration_30000" / "point_cloud.ply"
+    settings = replace(PlySceneDataParserConfig(data=ply).view_settings(), max_image_size=60)  # the capture is 80x60
+    captured = scene_views(ply, splat["means"], "-y", settings).cameras["train"]
+    assert int(captured.width[0]) == 60 and int(captured.height[0]) == 45  # the long side capped, aspect kept
 
 
 # ------------------------------------------------------------------------------------------------ capture cameras

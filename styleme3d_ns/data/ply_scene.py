@@ -304,10 +304,11 @@ class PlySceneDataParserConfig(DataParserConfig):
     up_axis: UpAxis = "auto"
     """World up of the camera orbit. auto: +z for nerfstudio exports (their 'Vertical Axis: z' header), else -y
     (INRIA, Postshot, SuperSplat: COLMAP frame, +y points down). docs/ply.md lists each exporter's."""
-    image_size: int | None = 128
+    image_size: int | None = None
     """Long side in pixels of the rendered views (training resolution; capture cameras keep their aspect and are
-    never enlarged). None: the capture cameras' own size capped at --max-image-size, or 512 px without cameras
-    (the resolution people look at; the default once the style network's stroke size follows the view)."""
+    never enlarged). None (default): the capture cameras' own size capped at --max-image-size, or 512 px without
+    cameras: the resolution people look at. The strokes' size does not follow it
+    (--pipeline.model.teacher.stroke-size is relative to the content in view); 128 is a quick look."""
     max_image_size: int = 1080
     """With --image-size None, the long side capture cameras are brought down to."""
     fov_deg: float = 50.0
