@@ -29,6 +29,12 @@ MIN_STYLE_SIDE = 32
 the image at 1/16 of its size: a smaller image gives them at most one feature cell, a flat colour, no texture."""
 
 
+def _warn_once(message: str) -> None:
+    # Attributed to this line, not the caller's: Python's default filter then shows a message once per process,
+    # although the pre-flight and the model both read the image (pytest.warns still sees every call).
+    warnings.warn(message, UserWarning, stacklevel=1)
+
+
 class StyleImageError(UserInputError):
     """The style image cannot be used; the message is one line naming the path and the fix."""
 
@@ -61,18 +67,12 @@ def load_style_image(path: str | Path, max_side: int | None = 512) -> Tensor:
         raise _error(path, f"cannot be read as an image ({type(err).__name__})", f"re-export it; {_FIX}") from None
 
     if min(image.size) < MIN_STYLE_SIDE:
-        warnings.warn(
+        _warn_once(
             f"Style image '{path}' is only {image.width}x{image.height} pixels: the style network downsamples by 16, "
-            f"so below {MIN_STYLE_SIDE} px it sees little more than a flat colour; use a picture of 256 px or more.",
-            UserWarning,
-            stacklevel=2,
+            f"so below {MIN_STYLE_SIDE} px it sees little more than a flat colour; use a picture of 256 px or more."
         )
     if frames > 1:
-        warnings.warn(
-            f"Style image '{path}' is animated ({frames} frames): only the first frame is used as the style.",
-            UserWarning,
-            stacklevel=2,
-        )
+        _warn_once(f"Style image '{path}' is animated ({frames} frames): only the first frame is used as the style.")
     mode = image.mode
     if mode not in _RGB_MODES | _CONVERTIBLE_MODES:
         raise _error(path, f"has pixel mode '{mode}' ({len(image.getbands())} bands), not 8-bit RGB/greyscale", _FIX)
@@ -85,7 +85,7 @@ def load_style_image(path: str | Path, max_side: int | None = 512) -> Tensor:
         else:
             image = image.convert("RGB")
             note = "expanded to RGB"
-        warnings.warn(f"Style image '{path}' has mode '{mode}': {note}.", UserWarning, stacklevel=2)
+        _warn_once(f"Style image '{path}' has mode '{mode}': {note}.")
 
     if max_side is not None and max(image.size) > max_side:
         scale = max_side / max(image.size)
