@@ -10,6 +10,10 @@ views fitted at 512 px with `--teacher-scale`), or a splat `.ply` (`--data still
 by the .ply parser). `--build-still-life OUT.ply` writes the second scene of docs/styleme3d.md: a still life of
 textured primitives (not the demo's) sampled into flat Gaussians, sharp at 512 px, with no reconstruction.
 
+`--before` adds a third run per style with the teacher as it was before issue 21 (`--pipeline.model.teacher.stroke-size
+0`: the network at the view's size, no grain). Each style also gets `figure_<style>.png`: the first held-out view at
+the scoring resolution, base | (before) | default | detail, labelled (tiles from the `styleme3d-eval` sheets).
+
 Usage:
     python scripts/bench_strokes.py --build-still-life /tmp/still_life.ply
     python scripts/bench_strokes.py --data /tmp/still_life.ply --styles immunohistochemistry brick --out /tmp/bench
@@ -30,6 +34,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SH_C0 = 0.28209479177387814
+VARIANTS = {
+    "before": ["--pipeline.model.teacher.stroke-size", "0"],
+    "default": [],
+    "detail": ["--pipeline.model.detail.enabled", "True"],
+}
+"""Each run's extra ns-train arguments."""
 
 
 def build_still_life(path: Path, count: int = 60000, seed: int = 0) -> None:
@@ -77,6 +87,46 @@ def run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
+def _row(style: str, variant: str, m: dict, out: Path, name: str, seconds: float | None) -> list[str]:
+    """One table row of `styleme3d-eval`'s metrics `m` of run `name` (its time from the log when `seconds` is None)."""
+    from styleme3d_ns.models.checkpoint import load_gaussians
+
+    count = load_gaussians(out / "runs" / name / "styleme3d" / "run")["means"].shape[0]
+    vd = m["consistency_sh_dc_only"]["view_dependent_added"]
+    timing = out / f"seconds_{name}.txt"
+    if seconds is None:  # a run of an earlier call: its time as that call wrote it
+        seconds = float(timing.read_text()) if timing.exists() else -1.0
+    else:
+        timing.write_text(f"{seconds:.1f}\n")
+    return [
+        style, variant, f"{m['style']['patch_distance']:.3f} ({100 * m['style']['patch_reduction']:.0f}%)",
+        f"{m['style']['colour_distance']:.3f} ({100 * m['style']['colour_reduction']:.0f}%)",
+        f"{m['style']['learned_style_similarity']:.3f}",
+        f"{m['consistency']['short_range']['rmse_stylised']:.3f} / "
+        f"{m['consistency']['long_range']['rmse_stylised']:.3f}",
+        f"{100 * vd['short_range']['added_stylised']:.0f}% / {100 * vd['long_range']['added_stylised']:.0f}%",
+        f"{m['content']['ssim']:.3f}", str(count), f"{seconds:.0f} s" if seconds > 0 else "(earlier call)",
+    ]  # fmt: skip
+
+
+def figure(out: Path, style: str, variants: list[str], size: int) -> None:
+    """`figure_<style>.png`: the first held-out view (the sheets' first row) of the base and each variant, labelled."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    tiles = [("base", Image.open(out / f"{style}_{variants[0]}.png").crop((0, 0, size, size)))]
+    for variant in variants:
+        label = {"before": "before (stroke-size 0)", "default": "default", "detail": "detail"}[variant]
+        tiles.append((label, Image.open(out / f"{style}_{variant}.png").crop((size, 0, 2 * size, size))))
+    band, font = 36, ImageFont.load_default(size=22)
+    sheet = Image.new("RGB", (size * len(tiles), size + band), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, (label, tile) in enumerate(tiles):
+        sheet.paste(tile.convert("RGB"), (k * size, band))
+        draw.text((k * size + 8, 6), f"{label} ({style})", fill="black", font=font)
+    sheet.save(out / f"figure_{style}.png")
+    print(f"wrote {out / f'figure_{style}.png'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build-still-life", type=Path, help="write the still-life .ply here and stop")
@@ -86,6 +136,7 @@ def main() -> None:
     parser.add_argument("--styles", nargs="+", default=["immunohistochemistry", "brick"])
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--out", type=Path, default=Path("bench_strokes_out"))
+    parser.add_argument("--before", action="store_true", help="also run the teacher as before issue 21 (stroke-size 0)")
     args = parser.parse_args()
     if args.build_still_life:
         build_still_life(args.build_still_life)
@@ -97,8 +148,14 @@ def main() -> None:
     rows = []
     for style in args.styles:
         style_path = style_image_file(style, args.out)
-        for variant, extra in (("default", []), ("detail", ["--pipeline.model.detail.enabled", "True"])):
+        variants = [v for v in VARIANTS if v != "before" or args.before]
+        for variant in variants:
+            extra = VARIANTS[variant]
             name = f"{style}_{variant}"
+            metrics = args.out / f"{name}.json"
+            if metrics.exists():  # a finished run of an earlier call: scored already
+                rows.append(_row(style, variant, json.loads(metrics.read_text()), args.out, name, None))
+                continue
             cmd = [str(BIN / "ns-train"), "styleme3d", "--data", str(args.data), "--output-dir", str(args.out / "runs"),
                    "--experiment-name", name, "--timestamp", "run", "--vis", "tensorboard",
                    "--pipeline.model.style-image", str(style_path), *extra,
@@ -110,29 +167,16 @@ def main() -> None:
                 cmd += ["styleme3d-ply", "--image-size", str(args.resolution), "--cache-dir", str(args.out / "cache")]
             seconds = run(cmd, args.out / f"log_{name}.txt")
             config = args.out / "runs" / name / "styleme3d" / "run" / "config.yml"
-            metrics = args.out / f"{name}.json"
             evaluate = [str(BIN / "styleme3d-eval"), "--load-config", str(config), "--output", str(metrics),
                         "--sheet", str(args.out / f"{name}.png"), "--resolution", str(args.resolution)]  # fmt: skip
             run(evaluate, args.out / f"log_eval_{name}.txt")
             m = json.loads(metrics.read_text())
-            sys.path.insert(0, str(ROOT))
-            from styleme3d_ns.models.checkpoint import load_gaussians
-
-            count = load_gaussians(config.parent)["means"].shape[0]
-            vd = m["consistency_sh_dc_only"]["view_dependent_added"]
-            rows.append([
-                style, variant, f"{m['style']['patch_distance']:.3f} ({100 * m['style']['patch_reduction']:.0f}%)",
-                f"{m['style']['colour_distance']:.3f} ({100 * m['style']['colour_reduction']:.0f}%)",
-                f"{m['style']['learned_style_similarity']:.3f}",
-                f"{m['consistency']['short_range']['rmse_stylised']:.3f} / "
-                f"{m['consistency']['long_range']['rmse_stylised']:.3f}",
-                f"{100 * vd['short_range']['added_stylised']:.0f}% / {100 * vd['long_range']['added_stylised']:.0f}%",
-                f"{m['content']['ssim']:.3f}", str(count), f"{seconds:.0f} s",
-            ])  # fmt: skip
+            rows.append(_row(style, variant, m, args.out, name, seconds))
             base = m["style"]
             print(f"{name}: base patch {base['patch_distance_base']:.3f}, colour {base['colour_distance_base']:.3f}, "
                   f"short/long {m['consistency']['short_range']['rmse_base']:.3f} / "
                   f"{m['consistency']['long_range']['rmse_base']:.3f}", flush=True)  # fmt: skip
+        figure(args.out, style, variants, args.resolution)
     header = ["style", "run", "patch (closer)", "colour (closer)", "learned", "warped short / long",
               "view-dependent", "SSIM", "Gaussians", "time"]  # fmt: skip
     print("| " + " | ".join(header) + " |\n|" + " --- |" * len(header))

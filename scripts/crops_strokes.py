@@ -1,0 +1,51 @@
+"""Full-size crops of `bench_strokes.py`'s runs: base | before | default | detail, one row per (folder, style).
+
+Each tile is a 256 px square cut at 1:1 from the first held-out view of the `styleme3d-eval` sheets (512 px views),
+at the given top-left corner, so strokes, bands and blotches show at the size a person sees them.
+
+Usage (the picture in docs/styleme3d.md, "Stroke size and detail at 512 px"):
+    python scripts/crops_strokes.py --out docs/img/strokes_512_crops.png \
+        --row /tmp/bs2 immunohistochemistry 150 200 "still life" --row /tmp/bs2 brick 150 200 "still life" \
+        --row /tmp/bd immunohistochemistry 128 200 "demo scene" --row /tmp/bd brick 128 200 "demo scene"
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+TILE, VIEW, BAND = 256, 512, 30
+VARIANTS = ("before", "default", "detail")
+
+
+def row_tiles(folder: Path, style: str, x: int, y: int) -> list[Image.Image]:
+    """The base tile (the sheets' first column) and each variant's stylised tile (second column)."""
+    base = Image.open(folder / f"{style}_default.png").crop((x, y, x + TILE, y + TILE))
+    variants = [
+        Image.open(folder / f"{style}_{v}.png").crop((VIEW + x, y, VIEW + x + TILE, y + TILE)) for v in VARIANTS
+    ]
+    return [base, *variants]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--row", nargs=5, action="append", required=True, metavar=("FOLDER", "STYLE", "X", "Y", "NAME"))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    font = ImageFont.load_default(size=18)
+    sheet = Image.new("RGB", (TILE * 4, (TILE + BAND) * len(args.row)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (folder, style, x, y, name) in enumerate(args.row):
+        labels = [f"base ({name})", f"before ({style})", "default", "detail"]
+        for k, tile in enumerate(row_tiles(Path(folder), style, int(x), int(y))):
+            top = r * (TILE + BAND)
+            sheet.paste(tile.convert("RGB"), (k * TILE, top + BAND))
+            draw.text((k * TILE + 6, top + 5), labels[k], fill="black", font=font)
+    sheet.save(args.out)
+    print(f"wrote {args.out}: {sheet.size[0]} x {sheet.size[1]} px")
+
+
+if __name__ == "__main__":
+    main()
