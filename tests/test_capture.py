@@ -20,7 +20,6 @@ from styleme3d_ns.core.errors import UserInputError
 from styleme3d_ns.data.capture_cameras import read_camera_path, scaled_to
 from styleme3d_ns.data.ply_scene import PlySceneDataParserConfig, find_splat_ply
 from styleme3d_ns.data.rigs import scene_layout
-from styleme3d_ns.data.views import BARE_IMAGE_SIZE, scene_views
 from styleme3d_ns.data.splat_formats import (
     decode_splat,
     decoded_ply,
@@ -31,6 +30,7 @@ from styleme3d_ns.data.splat_formats import (
     splat_transform_tool,
     write_plain_ply,
 )
+from styleme3d_ns.data.views import BARE_IMAGE_SIZE, scene_views
 from tests.test_ply_scene import tiny_splat, write_inria_ply
 
 CENTRE = torch.tensor([0.5, -1.0, 2.0])  # tiny_splat's blob: a unit sphere here

@@ -414,6 +414,9 @@ def test_clip_scores_match_the_encoder_and_say_what_is_missing(tiny_clip: tuple[
     no_prompt = clip_scores(base, stylised, style=style, prompt=None, source_prompt="a photo",
                             model_name=config, pretrained=checkpoint)  # fmt: skip
     assert no_prompt["clip_text_score"] is None and "no prompt" in no_prompt["clip_note"]
+    off = clip_scores(base, stylised, style=style, prompt="pop art", source_prompt="a photo",
+                      model_name=config, pretrained=None)  # fmt: skip
+    assert off["clip_style_similarity"] is None and off["clip_note"] == "not computed: --clip-pretrained None"
 
 
 def test_csd_scores_are_the_csd_similarity_of_each_view_to_the_style(monkeypatch: pytest.MonkeyPatch) -> None:

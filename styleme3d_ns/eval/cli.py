@@ -86,8 +86,9 @@ class EvalConfig:
     """Renders in the portrait orbit (paper 001: 120 around the subject)."""
     clip_model: str = "ViT-B-32"
     """open_clip architecture for the CLIP scores (or an open_clip model config JSON)."""
-    clip_pretrained: str = "openai"
-    """open_clip tag looked up in the local Hugging Face cache, or a checkpoint file; missing = CLIP scores null."""
+    clip_pretrained: str | None = "openai"
+    """open_clip tag looked up in the local Hugging Face cache, or a checkpoint file; missing = CLIP scores null.
+    None: no CLIP scores, and no open_clip import (about 5 s on 2 cores; the offline demo passes it)."""
     prompt: str | None = None
     """Text the CLIP text/directional scores use. Default: the run's --pipeline.model.prompt (or style-prompt)."""
     source_prompt: str = "a photo"

@@ -95,7 +95,7 @@ def clip_scores(
     prompt: str | None,
     source_prompt: str,
     model_name: str,
-    pretrained: str,
+    pretrained: str | None,
 ) -> dict[str, float | str | None]:
     """CLIP similarities of base and stylised views to the style image and/or the prompt.
 
@@ -103,7 +103,8 @@ def clip_scores(
         base_rgb, stylised_rgb: `[V, H, W, 3]` in [0, 1].
         style: `[1, 3, H_s, W_s]` in [0, 1] or None; prompt: the run's text prompt or None.
         source_prompt: text for the unstyled scene (directional similarity).
-        model_name, pretrained: open_clip architecture (or config JSON) and tag (or checkpoint file).
+        model_name, pretrained: open_clip architecture (or config JSON) and tag (or checkpoint file); pretrained None:
+            not computed (and open_clip, a ~5 s import on 2 cores, not imported).
 
     Returns:
         cosines in [-1, 1] (higher = closer): `clip_style_similarity[_base]` (to the style image),
@@ -121,6 +122,9 @@ def clip_scores(
         "clip_text_score": None,
         "clip_directional_similarity": None,
     }
+    if pretrained is None:
+        scores["clip_note"] = "not computed: --clip-pretrained None"
+        return scores
     try:
         encoder = load_clip_encoder(model_name, pretrained, hint="pass --clip-pretrained <checkpoint file>")
     except MissingWeightsError as err:
