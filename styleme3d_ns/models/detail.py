@@ -11,8 +11,10 @@ solve (off by default: ``--pipeline.model.detail.enabled``):
    two children on the parent's longest axis, inside its footprint (:func:`split_children`): centres at
    ``+-a sigma`` along the axis, that axis' scale ``s sigma`` with ``a^2 + s^2 = 1`` (the pair has the parent's
    mean and covariance), the other axes and the orientation kept, so the surface and the silhouette stay where they
-   were and no Gaussian leaves the parent's ellipsoid; each child's opacity makes the pair's alpha at the parent's
-   centre equal the parent's, ``1 - (1 - o' g)^2 = o`` with ``g = exp(-a^2 / (2 s^2))``. Children take the parent's
+   were and no Gaussian leaves the parent's ellipsoid; each child's opacity ``o'`` makes the pair cover as much as the
+   parent (:func:`child_opacity`): its alpha ``1 - (1 - o' g_1)(1 - o' g_2)`` integrated over the parent's plane (the
+   split axis and the next one) equals the parent's ``o g``. Matching the alpha at the centre only would let an
+   opaque pair cover up to 1.4x the parent along the axis and darken what lies behind. Children take the parent's
    colours in every colour set (live, base, palette: one call, ``GuidedSplatModel.resize_gaussians``), so at style
    strength 0 the split splat renders as the base did (measured in docs/styleme3d.md);
 3. **solve**: the teacher fits every style again on the split geometry, the children's colours in the same
@@ -24,6 +26,7 @@ Gaussian count (up to ``max_growth`` x), and so the exported file's size.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,12 +129,42 @@ def split_children(
     shrunk[torch.arange(len(parents)), axis] += math.log(SHRINK)
     new["scales"][first] = shrunk
     new["scales"][second] = shrunk
-    opacity = torch.sigmoid(opacities[parents])
-    overlap = math.exp(-(OFFSET**2) / (2 * SHRINK**2))  # each child's peak-relative value at the parent's centre
-    child = ((1.0 - torch.sqrt(1.0 - opacity)) / overlap).clamp(1e-4, 0.999)
+    child = child_opacity(torch.sigmoid(opacities[parents])).clamp(1e-4, 0.999)
     new["opacities"][first] = torch.logit(child)
     new["opacities"][second] = torch.logit(child)
     return source, new
+
+
+def child_opacity(opacity: Tensor) -> Tensor:
+    """Each child's opacity `[P]` for parents of opacity `opacity` `[P]` in [0, 1]: the pair's alpha, integrated over
+    the parent's plane, equals the parent's (module docstring).
+
+    The match depends on the parent's opacity alone (the offsets and scales are fixed fractions of the parent's), so
+    it is solved once, by bisection on a table of opacities, and interpolated.
+    """
+    table = _child_opacity_table().to(opacity)
+    position = opacity.clamp(0.0, 1.0) * (len(table) - 1)
+    low = position.floor().long().clamp(max=len(table) - 2)
+    return torch.lerp(table[low], table[low + 1], position - low)
+
+
+@functools.cache
+def _child_opacity_table(entries: int = 129, step: float = 0.1) -> Tensor:
+    """Child opacities `[entries]` for parent opacities linspace(0, 1, entries), float64, by bisection on a grid of
+    `step` (in units of the parent's scales) over +-5 sigma."""
+    x = torch.arange(-5.0, 5.0 + step / 2, step, dtype=torch.float64)
+    across = torch.exp(-(x**2) / 2)  # the other axis: shared by parent and children
+    first = torch.exp(-((x - OFFSET) ** 2) / (2 * SHRINK**2))[:, None] * across  # [X, Y]
+    second = torch.exp(-((x + OFFSET) ** 2) / (2 * SHRINK**2))[:, None] * across
+    parent = (torch.exp(-(x**2) / 2)[:, None] * across).sum()
+    wanted = torch.linspace(0.0, 1.0, entries, dtype=torch.float64) * parent  # [E]: the parent's integrated alpha
+    low, high = torch.zeros(entries, dtype=torch.float64), torch.ones(entries, dtype=torch.float64)
+    for _ in range(30):
+        mid = (low + high) / 2
+        pair = 1 - (1 - mid[:, None, None] * first) * (1 - mid[:, None, None] * second)
+        above = pair.sum(dim=(1, 2)) > wanted
+        high, low = torch.where(above, mid, high), torch.where(above, low, mid)
+    return (low + high) / 2
 
 
 def _rotation(quats: Tensor) -> Tensor:
