@@ -34,11 +34,11 @@ def main() -> None:
     parser.add_argument("--row", nargs=5, action="append", required=True, metavar=("FOLDER", "STYLE", "X", "Y", "NAME"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    font = ImageFont.load_default(size=18)
+    font = ImageFont.load_default(size=16)
     sheet = Image.new("RGB", (TILE * 4, (TILE + BAND) * len(args.row)), "white")
     draw = ImageDraw.Draw(sheet)
     for r, (folder, style, x, y, name) in enumerate(args.row):
-        labels = [f"base ({name})", f"before ({style})", "default", "detail"]
+        labels = [f"base ({name})", "before", f"default ({style})", "detail"]
         for k, tile in enumerate(row_tiles(Path(folder), style, int(x), int(y))):
             top = r * (TILE + BAND)
             sheet.paste(tile.convert("RGB"), (k * TILE, top + BAND))
