@@ -111,18 +111,14 @@ def _row(style: str, variant: str, m: dict, out: Path, name: str, seconds: float
 
 def figure(out: Path, style: str, variants: list[str], size: int) -> None:
     """`figure_<style>.png`: the first held-out view (the sheets' first row) of the base and each variant, labelled."""
-    from PIL import Image, ImageDraw, ImageFont
+    from crops_strokes import labelled_sheet  # scripts/, beside this file
+    from PIL import Image
 
-    tiles = [("base", Image.open(out / f"{style}_{variants[0]}.png").crop((0, 0, size, size)))]
+    tiles = [(f"base ({style})", Image.open(out / f"{style}_{variants[0]}.png").crop((0, 0, size, size)))]
     for variant in variants:
         label = {"before": "before (stroke-size 0)", "default": "default", "detail": "detail"}[variant]
-        tiles.append((label, Image.open(out / f"{style}_{variant}.png").crop((size, 0, 2 * size, size))))
-    band, font = 36, ImageFont.load_default(size=22)
-    sheet = Image.new("RGB", (size * len(tiles), size + band), "white")
-    draw = ImageDraw.Draw(sheet)
-    for k, (label, tile) in enumerate(tiles):
-        sheet.paste(tile.convert("RGB"), (k * size, band))
-        draw.text((k * size + 8, 6), f"{label} ({style})", fill="black", font=font)
+        tiles.append((f"{label} ({style})", Image.open(out / f"{style}_{variant}.png").crop((size, 0, 2 * size, size))))
+    sheet = labelled_sheet([tiles], size, 22)
     sheet.save(out / f"figure_{style}.png")
     print(f"wrote {out / f'figure_{style}.png'}")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-TILE, VIEW, BAND = 256, 512, 30
+TILE, VIEW = 256, 512
 VARIANTS = ("before", "default", "detail")
 
 
@@ -29,20 +29,30 @@ def row_tiles(folder: Path, style: str, x: int, y: int) -> list[Image.Image]:
     return [base, *variants]
 
 
+def labelled_sheet(rows: list[list[tuple[str, Image.Image]]], tile: int, font_size: int) -> Image.Image:
+    """Square tiles of side `tile`, each under its label, one sheet row per list of (label, image)."""
+    band = font_size + 14
+    font = ImageFont.load_default(size=font_size)
+    sheet = Image.new("RGB", (tile * max(len(r) for r in rows), (tile + band) * len(rows)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, row in enumerate(rows):
+        top = r * (tile + band)
+        for k, (label, image) in enumerate(row):
+            sheet.paste(image.convert("RGB"), (k * tile, top + band))
+            draw.text((k * tile + 6, top + 5), label, fill="black", font=font)
+    return sheet
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--row", nargs=5, action="append", required=True, metavar=("FOLDER", "STYLE", "X", "Y", "NAME"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    font = ImageFont.load_default(size=16)
-    sheet = Image.new("RGB", (TILE * 4, (TILE + BAND) * len(args.row)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for r, (folder, style, x, y, name) in enumerate(args.row):
+    rows = []
+    for folder, style, x, y, name in args.row:
         labels = [f"base ({name})", "before", f"default ({style})", "detail"]
-        for k, tile in enumerate(row_tiles(Path(folder), style, int(x), int(y))):
-            top = r * (TILE + BAND)
-            sheet.paste(tile.convert("RGB"), (k * TILE, top + BAND))
-            draw.text((k * TILE + 6, top + 5), labels[k], fill="black", font=font)
+        rows.append(list(zip(labels, row_tiles(Path(folder), style, int(x), int(y)), strict=True)))
+    sheet = labelled_sheet(rows, TILE, 16)
     sheet.save(args.out)
     print(f"wrote {args.out}: {sheet.size[0]} x {sheet.size[1]} px")
 
