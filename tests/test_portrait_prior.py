@@ -159,3 +159,22 @@ def test_missing_mediapipe_is_one_line_with_the_pip_command(monkeypatch: pytest.
     with pytest.raises(faces.MissingFaceModelsError, match="pip install mediapipe==0.10.11") as err:
         faces.face_mesh_landmarks(np.zeros((8, 8, 3), dtype=np.uint8))
     assert "\n" not in str(err.value)
+
+
+def test_back_colour_separates_the_neck_from_the_hair() -> None:
+    """The back measure's diagnostics against a hand computation: 87% pixels at the hair colour (with noise), 13% at
+    the skin colour; the mean moves 0.13 of the way to the skin, the hair pixels stay on the hair colour."""
+    from styleme3d_ns.eval.portrait_measures import back_colour, chroma_spread
+
+    rng = np.random.default_rng(0)
+    hair, skin = np.array([0.15, 0.10, 0.12]), np.array([0.89, 0.57, 0.44])
+    pixels = np.concatenate([hair + rng.normal(0, 0.01, (870, 3)), np.tile(skin, (130, 1))])
+    back = back_colour(pixels, hair, skin)
+    assert back["skin_share"] == pytest.approx(0.13)
+    assert back["hair_pixels_distance"] < 0.002
+    assert back["distance"] == pytest.approx(0.13 * np.linalg.norm(skin - hair), abs=0.002)
+    # chroma spread of two flat colours in shares p, 1-p: sqrt(p (1-p)) times their chroma distance
+    to_chroma = np.array([[-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+    two = np.concatenate([np.tile(hair, (870, 1)), np.tile(skin, (130, 1))])
+    expected = np.sqrt(0.13 * 0.87) * np.linalg.norm(to_chroma @ (skin - hair))
+    assert chroma_spread(two) == pytest.approx(expected, rel=1e-6)

@@ -7,9 +7,13 @@ parser's offline prior (:class:`~styleme3d_ns.data.portrait_prior.PortraitPrior`
 - **identity at yaw 35**: dlib finds the face in the render 35 degrees round from the photo, and its descriptor's
   distance to the training image's (same person below 0.6);
 - **back colour**: the mean RGB of the back view (yaw 180) over the pixels the head covers (alpha > 0.5), against the
-  photo's hair colour (the median of the person's pixels above the face); the distance is Euclidean in RGB [0, 1];
+  photo's hair colour (the median of the person's pixels above the face); the distance is Euclidean in RGB [0, 1].
+  Diagnostics beside it: the share of those pixels nearer the photo's skin colour than its hair colour (the neck
+  below the hairline) and the distance of the others' mean to the hair colour;
 - **side colour spread**: the chroma spread of a side view (yaw 90, 270) over its head pixels divided by the chroma
-  spread of the photo's face (its face-oval pixels); chroma is BT.601's (Cb, Cr), spread ``sqrt(var Cb + var Cr)``;
+  spread of the photo's face (its face-oval pixels); chroma is BT.601's (Cb, Cr), spread ``sqrt(var Cb + var Cr)``.
+  For reference, the same ratio for the photo's own head pixels (head mask > 0.5: face, hair, headwear): what a head
+  painted only in the photo's colours gives where hair and skin differ in chroma;
 - **background Gaussians**: Gaussians (opacity >= 0.05) whose centre the photo's camera sees on a background pixel
   (person probability < 0.5), and the front render's mean alpha over the background pixels.
 """
@@ -48,6 +52,22 @@ def chroma_spread(pixels: np.ndarray) -> float:
     cb = -0.168736 * r - 0.331264 * g + 0.5 * b
     cr = 0.5 * r - 0.418688 * g - 0.081312 * b
     return float(np.sqrt(cb.var() + cr.var()))
+
+
+def back_colour(pixels: np.ndarray, hair: np.ndarray, skin: np.ndarray) -> dict[str, Any]:
+    """The back view's colour against the photo's `hair` `[3]` (and `skin` `[3]`), RGB in [0, 1], from the head's
+    `pixels` `[M, 3]`: their mean (``mean_rgb``) and its Euclidean ``distance`` to the hair colour; the share of pixels
+    nearer the skin colour than the hair colour (``skin_share``: the neck below the hairline) and the distance of the
+    other pixels' mean to the hair colour (``hair_pixels_distance``)."""
+    mean = pixels.mean(axis=0)
+    skin_like = np.linalg.norm(pixels - skin, axis=1) < np.linalg.norm(pixels - hair, axis=1)
+    hair_like = pixels[~skin_like].mean(axis=0) if (~skin_like).any() else mean
+    return {
+        "mean_rgb": mean.round(4).tolist(),
+        "distance": float(np.linalg.norm(mean - hair)),
+        "skin_share": float(skin_like.mean()),
+        "hair_pixels_distance": float(np.linalg.norm(hair_like - hair)),
+    }
 
 
 def face_pixels(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -98,7 +118,7 @@ def measure_portrait(model: Any, prior: PortraitPrior, photo: np.ndarray) -> tup
 
     faces = FaceIdentity()
     yaw35 = faces.identity_similarity(photo, views[35.0])
-    back = views[180.0][covered[180.0]].mean(axis=0)
+    back = back_colour(views[180.0][covered[180.0]], prior.colours.hair, prior.colours.skin)
     face_spread = chroma_spread(face_pixels(image, prior.landmarks))
     sides = {yaw: chroma_spread(views[yaw][covered[yaw]]) / face_spread for yaw in (90.0, 270.0)}
     rig = model.rig
@@ -111,17 +131,13 @@ def measure_portrait(model: Any, prior: PortraitPrior, photo: np.ndarray) -> tup
             "distance": None if yaw35 is None else yaw35.distance,
             "same_person_below": 0.6,
         },
-        "back": {
-            "mean_rgb": back.round(4).tolist(),
-            "hair_rgb": prior.colours.hair.round(4).tolist(),
-            "distance": float(np.linalg.norm(back - prior.colours.hair)),
-            "limit": 0.10,
-        },
+        "back": {**back, "hair_rgb": prior.colours.hair.round(4).tolist(), "limit": 0.10},
         "side_chroma": {
             "face_spread": face_spread,
             "ratio_yaw90": sides[90.0],
             "ratio_yaw270": sides[270.0],
             "limit": 1.2,
+            "photo_head_ratio": chroma_spread(image[prior.head_mask > 0.5]) / face_spread,
         },
         "background": {
             "gaussians": background_gaussians(model.means, opacities, prior, rig.fov_deg, rig.radius),
@@ -158,9 +174,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     distance = "" if identity["distance"] is None else f", distance {identity['distance']:.3f} (< 0.6)"
     print(f"identity at yaw 35:   dlib face {found}{distance}")
     print(f"back (yaw 180):       mean RGB {back['mean_rgb']} vs hair {back['hair_rgb']}: "
-          f"distance {back['distance']:.3f} (< 0.10)")  # fmt: skip
+          f"distance {back['distance']:.3f} (< 0.10); {100 * back['skin_share']:.0f}% skin (the neck), the rest "
+          f"{back['hair_pixels_distance']:.3f} from the hair")  # fmt: skip
     print(f"side chroma spread:   yaw 90 {sides['ratio_yaw90']:.2f}x, yaw 270 {sides['ratio_yaw270']:.2f}x the face's "
-          f"{sides['face_spread']:.4f} (<= 1.2x)")  # fmt: skip
+          f"{sides['face_spread']:.4f} (<= 1.2x); the photo's own head {sides['photo_head_ratio']:.2f}x")  # fmt: skip
     print(f"background Gaussians: {background['gaussians']} of {background['of']}; front alpha on the background "
           f"{background['front_alpha_on_background']:.4f}")  # fmt: skip
     if args.sheet is not None:
