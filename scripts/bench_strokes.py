@@ -10,8 +10,10 @@ views fitted at 512 px with `--teacher-scale`), or a splat `.ply` (`--data still
 by the .ply parser). `--build-still-life OUT.ply` writes the second scene of docs/styleme3d.md: a still life of
 textured primitives (not the demo's) sampled into flat Gaussians, sharp at 512 px, with no reconstruction.
 
-`--before` adds a third run per style with the teacher as it was before issue 21 (`--pipeline.model.teacher.stroke-size
-0`: the network at the view's size, no grain). Each style also gets `figure_<style>.png`: the first held-out view at
+`--before` adds a run per style with the teacher as it was before issue 21 (`--pipeline.model.teacher.stroke-size
+0`: the network at the view's size, no grain); `--fine` one colour-only at the detail option's finer stroke size
+(`--pipeline.model.teacher.stroke-size 0.03125`), which separates what the finer strokes bring from what the split
+brings. Each style also gets `figure_<style>.png`: the first held-out view at
 the scoring resolution, base | (before) | default | detail, labelled (tiles from the `styleme3d-eval` sheets).
 
 Usage:
@@ -37,6 +39,7 @@ SH_C0 = 0.28209479177387814
 VARIANTS = {
     "before": ["--pipeline.model.teacher.stroke-size", "0"],
     "default": [],
+    "fine": ["--pipeline.model.teacher.stroke-size", "0.03125"],
     "detail": ["--pipeline.model.detail.enabled", "True"],
 }
 """Each run's extra ns-train arguments."""
@@ -116,7 +119,8 @@ def figure(out: Path, style: str, variants: list[str], size: int) -> None:
 
     tiles = [(f"base ({style})", Image.open(out / f"{style}_{variants[0]}.png").crop((0, 0, size, size)))]
     for variant in variants:
-        label = {"before": "before (stroke-size 0)", "default": "default", "detail": "detail"}[variant]
+        label = {"before": "before (stroke-size 0)", "default": "default", "fine": "stroke-size 1/32",
+                 "detail": "detail"}[variant]  # fmt: skip
         tiles.append((f"{label} ({style})", Image.open(out / f"{style}_{variant}.png").crop((size, 0, 2 * size, size))))
     sheet = labelled_sheet([tiles], size, 22)
     sheet.save(out / f"figure_{style}.png")
@@ -133,6 +137,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--out", type=Path, default=Path("bench_strokes_out"))
     parser.add_argument("--before", action="store_true", help="also run the teacher as before issue 21 (stroke-size 0)")
+    parser.add_argument("--fine", action="store_true", help="also run colour-only at detail's stroke size (1/32)")
     args = parser.parse_args()
     if args.build_still_life:
         build_still_life(args.build_still_life)
@@ -144,7 +149,7 @@ def main() -> None:
     rows = []
     for style in args.styles:
         style_path = style_image_file(style, args.out)
-        variants = [v for v in VARIANTS if v != "before" or args.before]
+        variants = [v for v in VARIANTS if (v != "before" or args.before) and (v != "fine" or args.fine)]
         for variant in variants:
             extra = VARIANTS[variant]
             name = f"{style}_{variant}"

@@ -113,3 +113,31 @@ def test_the_split_stays_within_its_budget() -> None:
     assert len(pick_parents(scores, 100, 100, config)) == 30
     assert len(pick_parents(scores, 130, 100, config)) == 0
     assert pick_parents(scores, 100, 100, DetailConfig(max_growth=2.0, share=0.1)).tolist() == list(range(99, 89, -1))
+
+
+def test_detail_paints_at_its_own_finer_stroke_size(monkeypatch) -> None:
+    """With detail on, every teacher fit (before and after the splits) runs at detail.stroke_size; off, or with None,
+    at the teacher's own; a non-positive value is refused in one line."""
+    from types import SimpleNamespace
+
+    from styleme3d_ns.core.errors import UserInputError
+    from styleme3d_ns.guidance.style_teacher import StyleTeacherConfig
+    from styleme3d_ns.models import offline_teacher
+
+    used: list[float] = []
+
+    def fake_teach(model, config, networks, style, views, name, report):  # noqa: ANN001, ANN202 - the real signature
+        used.append(config.stroke_size)
+        return torch.zeros(model.num_points, 1, 3), None  # no targets: no split, the fits above are all
+
+    monkeypatch.setattr(offline_teacher, "teach", fake_teach)
+    model = SimpleNamespace(num_points=4)
+    teacher = StyleTeacherConfig()
+    for detail, expected in ((DetailConfig(), teacher.stroke_size), (DetailConfig(enabled=True), 1 / 32),
+                             (DetailConfig(enabled=True, stroke_size=None), teacher.stroke_size)):  # fmt: skip
+        used.clear()
+        offline_teacher.teach_styles(model, teacher, None, [(None, "a"), (None, "b")], dict, detail, print)
+        assert used == [expected, expected]
+    assert teacher.stroke_size == 1 / 16  # the caller's config is not changed
+    with pytest.raises(UserInputError, match="detail.stroke-size must be above 0 .got 0.0"):
+        DetailConfig(enabled=True, stroke_size=0.0).check()

@@ -58,11 +58,18 @@ class DetailConfig(DefaultsOnLoad):
     """Rounds of score -> split -> fit (each costs one more teacher fit of every style)."""
     share: float = 0.5
     """Share of the current Gaussians split in one round at most (the highest scores first), in (0, 1]."""
+    stroke_size: float | None = 1 / 32
+    """The teacher's stroke size while detail is on, replacing --pipeline.model.teacher.stroke-size (a fraction of
+    the content's extent in view): strokes finer than the default 1/16, which split Gaussians can hold and the base's
+    cannot; None: the teacher's own."""
 
     def check(self) -> None:
         """Raise a one-line UserInputError for values outside their ranges."""
         if not self.max_growth > 1.0:
             raise UserInputError(f"--pipeline.model.detail.max-growth must be above 1 (got {self.max_growth}); try 2")
+        if self.stroke_size is not None and not self.stroke_size > 0.0:  # also refuses NaN
+            raise UserInputError(f"--pipeline.model.detail.stroke-size must be above 0 (got {self.stroke_size}); "
+                                 "try 0.03125, or None for the teacher's own")  # fmt: skip
         if self.levels < 1 or not 0.0 < self.share <= 1.0:
             raise UserInputError(f"--pipeline.model.detail.levels must be >= 1 and --pipeline.model.detail.share in "
                                  f"(0, 1] (got {self.levels} and {self.share})")  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -153,7 +154,10 @@ def teach_styles(
 ) -> list[Tensor]:
     """Teacher-fitted SH colours `[N, K, 3]` for each (style image, name) in `styles`; with `detail.enabled`, the
     Gaussians that miss the most detail of any style are split and every style fitted again (models/detail.py),
-    `detail.levels` times within the budget: the model's Gaussians change (``resize_gaussians``)."""
+    `detail.levels` times within the budget: the model's Gaussians change (``resize_gaussians``); every fit then
+    paints at ``detail.stroke_size`` (finer strokes, which the split Gaussians hold)."""
+    if detail.enabled and detail.stroke_size is not None:
+        config = replace(config, stroke_size=detail.stroke_size)
     views = make_views()
     fits = [teach(model, config, networks, image, views, name, report) for image, name in styles]
     if not detail.enabled or any(targets is None for _, targets in fits):
