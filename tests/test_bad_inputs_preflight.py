@@ -90,6 +90,13 @@ def test_image_sizes_below_32_are_refused_alike(inputs: dict, tmp_path: Path, si
     check_run_inputs(ply_config(inputs["good"], tmp_path / "out", parser={"image_size": 32}))
 
 
+def test_a_bad_detail_option_stops_ns_train_before_its_run_folder(inputs: dict, tmp_path: Path) -> None:
+    from styleme3d_ns.models.detail import DetailConfig
+
+    detail = DetailConfig(enabled=True, stroke_size=-0.1)
+    refused(ply_config(inputs["good"], tmp_path / "out", detail=detail), "detail.stroke-size", "-0.1")
+
+
 def test_a_read_only_cache_dir_is_refused_before_the_run_folder(inputs: dict, tmp_path: Path) -> None:
     with tmpfs(tmp_path / "ro", read_only=True) as mounted:
         if mounted:

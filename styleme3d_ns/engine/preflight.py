@@ -89,6 +89,9 @@ def check_run_inputs(config: Any) -> None:  # noqa: ANN401 - nerfstudio's Traine
         load_style_image(path)
     if getattr(config, "load_dir", None) is not None:
         resume_checkpoint(config.load_dir, getattr(config, "load_step", None))
+    detail = getattr(model, "detail", None)
+    if detail is not None and detail.enabled:
+        detail.check()
     look = getattr(model, "look", None)
     if look is not None:
         check_look(look, configured_style_count(model))
