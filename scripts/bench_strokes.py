@@ -114,13 +114,13 @@ def _row(style: str, variant: str, m: dict, out: Path, name: str, seconds: float
 
 def figure(out: Path, style: str, variants: list[str], size: int) -> None:
     """`figure_<style>.png`: the first held-out view (the sheets' first row) of the base and each variant, labelled."""
-    from crops_strokes import labelled_sheet  # scripts/, beside this file
+    from crops_strokes import LABELS, labelled_sheet  # scripts/, beside this file
     from PIL import Image
 
+    labels = {**LABELS, "before": "before (stroke-size 0)"}  # the whole view has room to say what "before" was
     tiles = [(f"base ({style})", Image.open(out / f"{style}_{variants[0]}.png").crop((0, 0, size, size)))]
     for variant in variants:
-        label = {"before": "before (stroke-size 0)", "default": "default", "fine": "stroke-size 1/32",
-                 "detail": "detail"}[variant]  # fmt: skip
+        label = labels[variant]
         tiles.append((f"{label} ({style})", Image.open(out / f"{style}_{variant}.png").crop((size, 0, 2 * size, size))))
     sheet = labelled_sheet([tiles], size, 22)
     sheet.save(out / f"figure_{style}.png")
